@@ -1,0 +1,225 @@
+"""MiniLlava: vision encoder + connector + any Hugging Face causal language model.
+
+The whole LLaVA idea in one forward pass (shapes for CLIP-L/336 + Vicuna-7B, H = 4096):
+
+    pixel_values (n_img, 3, 336, 336) --encoder--> (n_img, 576, 1024) --connector--> (n_img, 576, H)
+    input_ids (B, T), holding 576 image-token ids per image --embed--> (B, T, H)
+    the image-token positions are overwritten, in order, by the projected features (masked_scatter)
+    --> language model --> logits (B, T, vocab), loss on the positions whose label is not -100
+
+The prompt formatter (``prompts.py``) has already expanded every ``<image>`` into as many image-token ids as
+the image has features, so the sequence length never changes inside the model: labels, attention masks and
+padding stay simple, and the layout is exactly transformers' ``LlavaForConditionalGeneration`` (``convert.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from PIL import Image
+from safetensors.torch import load_model, save_model
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from .connector import build_connector
+from .data import pad_batch
+from .encoder import VisionEncoder
+from .prompts import IMAGE, prepare_tokenizer, tokenize_conversation, with_format_prompt
+
+CONFIG_NAME = "minillava_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class MiniLlavaConfig:
+    """Everything needed to rebuild a MiniLlava without its original checkpoints (saved as JSON)."""
+
+    vision_config: dict  # the vision tower's transformers config (CLIPVisionConfig.to_dict(), ...)
+    text_config: dict  # the language model's transformers config (LlamaConfig.to_dict(), ...)
+    image_token_id: int
+    connector: str = "mlp2x_gelu"
+    feature_layer: int = -2
+    select: str = "patch"
+    sources: dict = field(default_factory=dict)  # where the backbones came from, for the record
+
+
+def _hf_config(d: dict):
+    """A transformers config from its ``to_dict()`` (the inverse of ``config.to_dict()``)."""
+    d = dict(d)
+    return AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+class MiniLlava(nn.Module):
+    """LLaVA-1.5: ``encoder`` (frozen vision tower) -> ``connector`` -> ``lm`` (a causal LM).
+
+    Also holds the ``tokenizer`` (with the ``<image>`` token) so that one ``from_pretrained`` gives a model
+    that can read images and answer; the image preprocessing lives in ``encoder.preprocess``.
+    """
+
+    def __init__(self, config: MiniLlavaConfig, encoder: VisionEncoder, lm: nn.Module, tokenizer):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.connector = build_connector(config.connector, encoder.hidden_size, lm.config.hidden_size)
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.image_token_id = config.image_token_id
+        if self.image_token_id >= lm.get_input_embeddings().num_embeddings:
+            raise ValueError(f"image token id {self.image_token_id} is outside the LM's embedding table "
+                             f"({lm.get_input_embeddings().num_embeddings} rows)")
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_backbones(cls, vision: str, llm: str, connector: str = "mlp2x_gelu", feature_layer: int = -2,
+                       select: str = "patch", dtype: torch.dtype | None = None,
+                       attn_implementation: str | None = None) -> "MiniLlava":
+        """A fresh LLaVA from a vision tower and an LM (hub names or local folders); the connector is new.
+
+        ``MiniLlava.from_backbones("openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5")`` is the
+        starting point of LLaVA-1.5 stage 1. The tokenizer gets ``<image>`` (and a pad token) if it lacks them,
+        and the LM's embeddings grow to match.
+        """
+        encoder = VisionEncoder.from_pretrained(vision, feature_layer=feature_layer, select=select, dtype=dtype)
+        kwargs = {k: v for k, v in (("dtype", dtype), ("attn_implementation", attn_implementation)) if v}
+        lm = AutoModelForCausalLM.from_pretrained(llm, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(llm)
+        image_token_id = prepare_tokenizer(tokenizer)
+        if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
+            lm.resize_token_embeddings(len(tokenizer))
+        config = MiniLlavaConfig(vision_config=encoder.tower.config.to_dict(), text_config=lm.config.to_dict(),
+                                 image_token_id=image_token_id, connector=connector, feature_layer=feature_layer,
+                                 select=select, sources={"vision": vision, "llm": llm})
+        model = cls(config, encoder, lm, tokenizer)
+        return model.to(dtype) if dtype is not None else model
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write config JSON, weights (safetensors), tokenizer and image processor to ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.text_config = self.lm.config.to_dict()  # the vocabulary may have grown
+        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+        save_model(self, str(folder / WEIGHTS_NAME))  # tied weights (lm_head = embeddings) are stored once
+        self.tokenizer.save_pretrained(folder)
+        self.encoder.image_processor.save_pretrained(folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -> "MiniLlava":
+        """Load a folder written by ``save_pretrained``: no download, no pickle."""
+        folder = Path(folder)
+        if not (folder / CONFIG_NAME).exists():
+            raise FileNotFoundError(f"{folder}: no {CONFIG_NAME}; is this a MiniLlava folder? (use convert.py "
+                                    "for llava-hf or official LLaVA checkpoints)")
+        config = MiniLlavaConfig(**json.loads((folder / CONFIG_NAME).read_text()))
+        model = cls.from_config(config, AutoTokenizer.from_pretrained(folder),
+                                AutoImageProcessor.from_pretrained(folder, backend="pil"))
+        load_model(model, str(folder / WEIGHTS_NAME), strict=True)
+        return model.to(dtype) if dtype is not None else model
+
+    @classmethod
+    def from_config(cls, config: MiniLlavaConfig, tokenizer, image_processor) -> "MiniLlava":
+        """A randomly initialised MiniLlava of the architecture ``config`` describes."""
+        vision_config = _hf_config(config.vision_config)
+        tower = MODEL_MAPPING[type(vision_config)](vision_config)
+        encoder = VisionEncoder(tower, image_processor, feature_layer=config.feature_layer, select=config.select)
+        lm = AutoModelForCausalLM.from_config(_hf_config(config.text_config))
+        return cls(config, encoder, lm, tokenizer)
+
+    # ------------------------------------------------------------------ forward
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(n_img, 3, S, S) -> (n_img, N, H): the encoder's features projected into the LM's embedding space."""
+        features = self.encoder(pixel_values)  # (n_img, N, D)
+        weight = next(self.connector.parameters(), None)
+        if weight is not None:
+            features = features.to(weight.dtype)
+        return self.connector(features)  # (n_img, N, H)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings (B, T, H) with the image-token positions filled by image features, in order.
+
+        Image features fill the image positions row by row, left to right: image k of the batch (the k-th
+        ``<image>`` block in reading order) must be ``pixel_values[k]``. Text-only rows simply have no block.
+        """
+        embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
+        image_mask = input_ids == self.image_token_id  # (B, T)
+        n_positions = int(image_mask.sum())
+        if pixel_values is None or len(pixel_values) == 0:
+            if n_positions:
+                raise ValueError(f"input_ids hold {n_positions} image-token positions but no pixel_values were given")
+            if self.training:
+                # A text-only batch leaves the connector out of the graph, which hangs distributed training
+                # (DDP waits for its gradients). Adding 0 x its parameters keeps it in, at no cost.
+                embeds = embeds + 0.0 * sum(p.sum() for p in self.connector.parameters())
+            return embeds
+        features = self.image_features(pixel_values)  # (n_img, N, H)
+        n_img, n_feat, _ = features.shape
+        if n_positions != n_img * n_feat:
+            raise ValueError(f"image features and image tokens do not match: input_ids hold {n_positions} "
+                             f"image-token positions, but {n_img} image(s) x {n_feat} features = "
+                             f"{n_img * n_feat} features")
+        features = features.reshape(-1, features.shape[-1]).to(embeds.dtype)  # (n_img * N, H)
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), features)
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **lm_kwargs):
+        """Logits and, given labels, the token-averaged cross-entropy over positions whose label is not -100.
+
+        Returns the LM's output (``.loss``, ``.logits``).
+        """
+        embeds = self.embed(input_ids, pixel_values)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_p: float | None = None) -> torch.Tensor:
+        """Batched generation with the LM's KV cache; returns only the new tokens (B, <= max_new_tokens).
+
+        Rows must be left-padded (``pad_batch(..., padding_side="left")``). ``temperature=0`` is greedy
+        decoding (every LLaVA benchmark); a row that ends (EOS) is padded with the pad token.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("generate needs left padding: some rows end with padding (attention_mask 0)")
+        embeds = self.embed(input_ids, pixel_values)
+        sampling = temperature > 0
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling,
+                                  temperature=temperature if sampling else None, top_p=top_p if sampling else None,
+                                  eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                                  bos_token_id=self.tokenizer.bos_token_id)
+        # Given only inputs_embeds, transformers' generate returns only the new tokens.
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config)
+
+    def answer(self, images: Sequence[Image.Image | None], questions: Sequence[str],
+               template: str = "vicuna_v1", format_prompt: str | None = None, preprocess: str = "pad",
+               max_new_tokens: int = 128, temperature: float = 0.0) -> list[str]:
+        """Answer one question per image (``None`` for a text-only question), as the LLaVA-1.5 evaluation does.
+
+        >>> model.answer([Image.open("cat.jpg")], ["What animal is this?"], format_prompt=SHORT_ANSWER)
+        """
+        if len(images) != len(questions):
+            raise ValueError(f"got {len(images)} images but {len(questions)} questions")
+        samples = []
+        for image, question in zip(images, questions):
+            text = with_format_prompt(question, format_prompt) if format_prompt else question
+            if image is not None and IMAGE not in text:
+                text = IMAGE + "\n" + text
+            samples.append(tokenize_conversation([{"from": "human", "value": text}], self.tokenizer,
+                                                 self.image_token_id, self.encoder.num_features, template,
+                                                 for_generation=True))
+        batch = pad_batch(samples, self.tokenizer.pad_token_id, padding_side="left")
+        present = [im for im in images if im is not None]
+        pixels = self.encoder.preprocess(present, mode=preprocess) if present else None
+        device = next(self.parameters()).device
+        new_tokens = self.generate(batch["input_ids"].to(device), pixels,
+                                   batch["attention_mask"].to(device), max_new_tokens, temperature)
+        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -1,0 +1,141 @@
+"""MiniLlava: the image-token splice, loss, text-only and multi-image batches, generation, save/load."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minillava.data import pad_batch
+from minillava.model import MiniLlava
+from minillava.prompts import IGNORE_INDEX, tokenize_conversation
+
+from conftest import make_image
+
+
+def sample(model, question, answer=None, n_images=1):
+    conv = [{"from": "human", "value": "<image>\n" * n_images + question}]
+    if answer is not None:
+        conv.append({"from": "gpt", "value": answer})
+    return tokenize_conversation(conv, model.tokenizer, model.image_token_id, model.encoder.num_features,
+                                 for_generation=answer is None)
+
+
+def test_image_positions_hold_projected_features(model):
+    s = sample(model, "What is it?", "A circle.")
+    ids = torch.tensor([s["input_ids"]])
+    pixels = model.encoder.preprocess([make_image(40, 30)])
+    embeds = model.embed(ids, pixels)
+    mask = ids[0] == model.image_token_id
+    torch.testing.assert_close(embeds[0, mask], model.connector(model.encoder(pixels))[0])
+    torch.testing.assert_close(embeds[0, ~mask], model.lm.get_input_embeddings()(ids)[0, ~mask])
+
+
+def test_loss_is_token_averaged_cross_entropy(model):
+    batch = pad_batch([sample(model, "What is it?", "A red circle."), sample(model, "Colour?", "Blue.")],
+                      model.tokenizer.pad_token_id)
+    pixels = model.encoder.preprocess([make_image(32, 32), make_image(20, 30, seed=2)])
+    out = model(batch["input_ids"], pixels, batch["attention_mask"], batch["labels"])
+    logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
+    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_mismatched_image_token_count_raises_with_both_counts(model):
+    s = sample(model, "What is it?", "A circle.")
+    first = s["input_ids"].index(model.image_token_id)
+    ids = torch.tensor([s["input_ids"][:first] + s["input_ids"][first + 1:]])  # one image position short
+    pixels = model.encoder.preprocess([make_image(32, 32)])
+    with pytest.raises(ValueError, match="15 image-token positions.*1 image.*16 features"):
+        model(ids, pixels)
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(torch.tensor([s["input_ids"]]))
+
+
+def test_text_only_row_in_image_batch(model):
+    image_s = sample(model, "What is it?", "A circle.")
+    text_s = tokenize_conversation([{"from": "human", "value": "Hello?"}, {"from": "gpt", "value": "Hi."}],
+                                   model.tokenizer, model.image_token_id)
+    batch = pad_batch([text_s, image_s], model.tokenizer.pad_token_id)
+    pixels = model.encoder.preprocess([make_image(32, 32)])
+    logits = model(batch["input_ids"], pixels, batch["attention_mask"]).logits
+    alone = model(torch.tensor([text_s["input_ids"]])).logits
+    n = len(text_s["input_ids"])
+    torch.testing.assert_close(logits[0, :n], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_several_images_per_sample_fill_in_order(model):
+    s = sample(model, "Compare.", "Same.", n_images=2)
+    ids = torch.tensor([s["input_ids"]])
+    images = [make_image(32, 32, seed=1), make_image(32, 32, seed=2)]
+    pixels = model.encoder.preprocess(images)
+    embeds = model.embed(ids, pixels)
+    features = model.image_features(pixels)  # (2, 16, H)
+    positions = (ids[0] == model.image_token_id).nonzero().squeeze(1)
+    torch.testing.assert_close(embeds[0, positions[:16]], features[0])
+    torch.testing.assert_close(embeds[0, positions[16:]], features[1])
+
+
+def test_text_only_batch_keeps_connector_in_graph(model):
+    model.train()
+    s = tokenize_conversation([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}],
+                              model.tokenizer, model.image_token_id)
+    loss = model(torch.tensor([s["input_ids"]]), labels=torch.tensor([s["labels"]])).loss
+    loss.backward()
+    assert all(p.grad is not None and torch.all(p.grad == 0) for p in model.connector.parameters())
+
+
+def test_batched_generation_equals_one_by_one(model):
+    questions = ["What is it?", "What colour is the big shape on the left side?"]
+    images = [make_image(32, 32, seed=3), make_image(48, 24, seed=4)]
+    prompts = [sample(model, q) for q in questions]
+    batch = pad_batch(prompts, model.tokenizer.pad_token_id, padding_side="left")
+    assert batch["attention_mask"][0, 0] == 0  # the shorter prompt is left-padded
+    pixels = model.encoder.preprocess(images)
+    together = model.generate(batch["input_ids"], pixels, batch["attention_mask"], max_new_tokens=6)
+    assert together.shape[0] == 2 and together.shape[1] <= 6
+    for row, p in enumerate(prompts):
+        alone = model.generate(torch.tensor([p["input_ids"]]), pixels[row:row + 1], max_new_tokens=6)[0]
+        assert together[row, :len(alone)].tolist() == alone.tolist()
+    with pytest.raises(ValueError, match="left padding"):
+        right = pad_batch(prompts, model.tokenizer.pad_token_id, padding_side="right")
+        model.generate(right["input_ids"], pixels, right["attention_mask"])
+
+
+def test_generation_stops_at_eos_and_pads_finished_rows(model):
+    eos, pad = model.tokenizer.eos_token_id, model.tokenizer.pad_token_id
+    prompts = [sample(model, "What is it?"), sample(model, "Which shape is the biggest one?")]
+    batch = pad_batch(prompts, pad, padding_side="left")
+    pixels = model.encoder.preprocess([make_image(32, 32), make_image(32, 32, seed=1)])
+    free = model.generate(batch["input_ids"], pixels, batch["attention_mask"], max_new_tokens=8)
+    assert free.shape[1] == 8 and not (free == eos).any()  # random weights: no EOS by chance here
+
+    def force_eos_in_row0_at_third_token(module, inputs, logits):
+        force_eos_in_row0_at_third_token.calls += 1  # one LM forward per new token (the first is the prompt)
+        if force_eos_in_row0_at_third_token.calls == 3:
+            logits[0, -1, eos] = 1e4
+        return logits
+    force_eos_in_row0_at_third_token.calls = 0
+    handle = model.lm.lm_head.register_forward_hook(force_eos_in_row0_at_third_token)
+    try:
+        out = model.generate(batch["input_ids"], pixels, batch["attention_mask"], max_new_tokens=8)
+    finally:
+        handle.remove()
+    assert out[0, :3].tolist() == free[0, :2].tolist() + [eos]  # row 0 ends with EOS at step 3 ...
+    assert (out[0, 3:] == pad).all()  # ... and is padded after it
+    assert out[1].tolist() == free[1].tolist()  # row 1 runs on unchanged
+
+
+def test_answer_returns_text_for_image_and_text_only_questions(model):
+    answers = model.answer([make_image(40, 30), None], ["What is it?", "Say hi."], max_new_tokens=4)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    s = sample(model, "What is it?", "A circle.")
+    ids, pixels = torch.tensor([s["input_ids"]]), model.encoder.preprocess([make_image(32, 32)])
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
+    loaded = MiniLlava.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(ids, pixels).logits, model(ids, pixels).logits)
+    assert loaded.image_token_id == model.image_token_id and len(loaded.tokenizer) == len(model.tokenizer)
+    with pytest.raises(FileNotFoundError, match="MiniLlava folder"):
+        MiniLlava.from_pretrained(tmp_path / "nothing")
