@@ -8,12 +8,20 @@ tower, a Llama LM, a ``tokenizers`` BPE tokenizer) saved with ``save_pretrained`
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
+import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedTokenizerFast)
+from tqdm.auto import tqdm
+from transformers import (CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextConfig, CLIPVisionConfig,
+                          CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast)
 
 # Llama's layout: <unk>=0, <s>=1, </s>=2; then the pad and image tokens LLaVA needs.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
@@ -64,3 +72,122 @@ def save_backbone(folder: str | Path, *parts) -> Path:
     for part in parts:
         part.save_pretrained(folder)
     return folder
+
+
+# ----------------------------------------------------------------------------- pretraining the toy backbones
+
+
+def cache_dir() -> Path:
+    """Where minillava keeps built backbones and toy worlds: ``$MINILLAVA_CACHE`` or ``~/.cache/minillava``."""
+    return Path(os.environ.get("MINILLAVA_CACHE", Path.home() / ".cache" / "minillava"))
+
+
+@dataclass
+class BackboneSpec:
+    """Sizes and pretraining budgets of the toy backbones (the defaults run in about a minute on 2 cores)."""
+
+    vocab_size: int = 1000
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 64
+    vision_layers: int = 3
+    lm_width: int = 128
+    lm_layers: int = 2
+    vision_steps: int = 150
+    lm_steps: int = 150
+    batch_size: int = 48
+    seed: int = 0
+
+    def key(self, *extra: str) -> str:
+        blob = json.dumps([asdict(self), *extra], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def pretrain_vision_tower(images: Sequence[Image.Image], texts: Sequence[str], tokenizer, spec: BackboneSpec,
+                          progress: bool = True) -> tuple[CLIPModel, CLIPImageProcessorPil]:
+    """A tiny CLIP (vision + text towers) trained contrastively on (image, text) pairs, as CLIP itself was.
+
+    Only the vision tower is used later; the full model is saved so the folder looks like ``openai/clip-*``.
+    """
+    torch.manual_seed(spec.seed)
+    pad = tokenizer.pad_token_id
+    vision = dict(hidden_size=spec.vision_width, intermediate_size=4 * spec.vision_width,
+                  num_hidden_layers=spec.vision_layers, num_attention_heads=4, image_size=spec.image_size,
+                  patch_size=spec.patch_size)
+    # CLIP's text tower pools at the first ``eos_token_id``; we end every text with one pad token and pool there.
+    text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=128, eos_token_id=pad, pad_token_id=pad,
+                bos_token_id=tokenizer.bos_token_id)
+    model = CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=64))
+    processor = CLIPImageProcessorPil(size={"shortest_edge": spec.image_size},
+                                      crop_size={"height": spec.image_size, "width": spec.image_size})
+    pixels = processor(list(images), return_tensors="pt")["pixel_values"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:126] + [pad] for t in texts]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    rng = random.Random(spec.seed)
+    model.train()
+    for _ in tqdm(range(spec.vision_steps), desc="pretrain vision tower (contrastive)", disable=not progress):
+        batch = rng.sample(range(len(texts)), k=min(spec.batch_size, len(texts)))
+        length = max(len(ids[i]) for i in batch)
+        input_ids = torch.tensor([ids[i] + [pad] * (length - len(ids[i])) for i in batch])
+        loss = model(input_ids=input_ids, pixel_values=pixels[batch], attention_mask=(input_ids != pad).long()
+                     .index_fill_(1, torch.tensor([0]), 1), return_loss=True).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), processor
+
+
+def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
+                            progress: bool = True) -> LlamaForCausalLM:
+    """A tiny Llama trained on plain text of the toy world (next-token prediction), like a base LLM."""
+    torch.manual_seed(spec.seed)
+    lm = tiny_language_model(tokenizer, hidden_size=spec.lm_width, num_layers=spec.lm_layers)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ids = [tokenizer(t)["input_ids"] + [eos] for t in texts]  # BOS text EOS
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=2e-3, weight_decay=0.0)
+    rng = random.Random(spec.seed)
+    lm.train()
+    for _ in tqdm(range(spec.lm_steps), desc="pretrain language model", disable=not progress):
+        batch = [ids[i] for i in rng.sample(range(len(ids)), k=min(spec.batch_size, len(ids)))]
+        length = max(len(b) for b in batch)
+        input_ids = torch.tensor([b + [pad] * (length - len(b)) for b in batch])
+        labels = torch.where(input_ids == pad, -100, input_ids)
+        loss = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long(), labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return lm.eval()
+
+
+def toy_backbones(world: str | Path, spec: BackboneSpec | None = None, progress: bool = True) -> tuple[Path, Path]:
+    """Build (or reuse from the cache) the toy vision tower and LM for a toy world; returns their folders.
+
+    The folders hold ordinary Hugging Face checkpoints: ``MiniLlava.from_backbones(vision_dir, llm_dir)``.
+    """
+    from .toyworld import corpus, description, draw_scene, make_scene  # toyworld does not depend on us
+
+    spec = spec or BackboneSpec()
+    world = Path(world)
+    root = cache_dir() / f"backbones-{spec.key((world / 'world.json').read_text())}"
+    vision_dir, llm_dir = root / "vision", root / "llm"
+    if (vision_dir / "config.json").exists() and (llm_dir / "config.json").exists():
+        return vision_dir, llm_dir
+    texts = corpus(world)
+    tokenizer = train_tokenizer(texts + _template_text(), vocab_size=spec.vocab_size)
+    scenes = [make_scene(spec.seed * 7919 + i) for i in range(2000)]  # pretraining images, not the world's
+    clip, processor = pretrain_vision_tower([draw_scene(s) for s in scenes],
+                                            [description(s).split(". ", 1)[1] for s in scenes], tokenizer,
+                                            spec, progress)
+    lm = pretrain_language_model(tokenizer, texts, spec, progress)
+    save_backbone(vision_dir.with_suffix(".tmp"), clip, processor).rename(vision_dir)
+    save_backbone(llm_dir.with_suffix(".tmp"), lm, tokenizer).rename(llm_dir)
+    return vision_dir, llm_dir
+
+
+def _template_text() -> list[str]:
+    """The fixed strings of the prompts, so the tokenizer has compact tokens for them."""
+    from .prompts import MULTIPLE_CHOICE, REGION_TO_TEXT, SHORT_ANSWER, TEMPLATES, TEXT_TO_REGION
+
+    return [t.system + " USER: ASSISTANT:" for t in TEMPLATES.values()] * 50 + \
+        [SHORT_ANSWER, MULTIPLE_CHOICE, REGION_TO_TEXT, TEXT_TO_REGION] * 50

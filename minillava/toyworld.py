@@ -1,0 +1,280 @@
+"""The toy world: procedurally generated scenes and LLaVA-format data about them (the embedded default).
+
+Each scene is a light canvas with 1-3 coloured shapes (circle, square, triangle; small or large) and, in half of
+the scenes, one tiny printed character that is legible at full resolution but not after downscaling to the
+encoder's input size (the point of LLaVA-1.5-HD). Everything is drawn from a seed, so the same seed gives the
+same images and records, byte for byte.
+
+From the scenes come records shaped like the real LLaVA data (``{"id", "image", "conversations"}``, image paths
+relative to an image folder), mirroring the real mix:
+
+- stage 1 (``stage1.json``, like LCS-558K): brief captions for the ``plain`` template;
+- stage 2 (``stage2.json``, like llava_v1_5_mix665k): detailed descriptions and multi-turn conversations (long
+  answers, no format prompt); short-answer VQA (colour, shape, counting) with the short-answer prompt; multiple
+  choice with the letter prompt; POPE-style yes/no existence questions (half about absent objects); reading the
+  tiny character; region description and bounding boxes (normalised on the padded square, 2 decimals); and a
+  share of text-only conversations;
+- held-out evaluation sets (``eval/<task>.jsonl`` questions in the LLaVA layout, ``question_id``, ``image``,
+  ``text``, ``category``; answers in ``eval/<task>_answers.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from .prompts import (IMAGE, MULTIPLE_CHOICE, REGION_TO_TEXT, SHORT_ANSWER, TEXT_TO_REGION,
+                      with_format_prompt)
+
+COLOURS = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 215), "yellow": (225, 195, 30)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 9, "large": 16}  # half-width in pixels on a 128-pixel canvas
+CHARACTERS = "ABCDEFHKLMNPRTXZ2345679"  # glyphs that stay distinct in a tiny font
+CANVAS_SIZES = ((128, 128), (160, 128), (128, 160))  # (width, height): square, landscape, portrait
+NUMBER_WORDS = ["zero", "one", "two", "three"]
+
+
+@dataclass(frozen=True)
+class Thing:
+    shape: str
+    colour: str
+    size: str
+    x: int  # centre, pixels
+    y: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    width: int
+    height: int
+    things: tuple[Thing, ...]
+    character: str | None  # the tiny printed character, if any
+    char_xy: tuple[int, int] | None
+    seed: int
+
+
+def where(thing: Thing, scene: Scene) -> str:
+    """"top left", "center", ... from the thing's centre in thirds of the canvas."""
+    col = ("left", "center", "right")[min(2, thing.x * 3 // scene.width)]
+    row = ("top", "middle", "bottom")[min(2, thing.y * 3 // scene.height)]
+    return "center" if (row, col) == ("middle", "center") else f"{row} {col}".replace("middle center", "center")
+
+
+def make_scene(seed: int) -> Scene:
+    """A random scene; the same seed gives the same scene."""
+    rng = random.Random(seed)
+    width, height = rng.choice(CANVAS_SIZES)
+    n = rng.randint(1, 3)  # distinct shapes and distinct colours: "the circle", "the red shape" are unambiguous
+    kinds = list(zip(rng.sample(SHAPES, k=n), rng.sample(list(COLOURS), k=n)))
+    things: list[Thing] = []
+    for shape, colour in kinds:
+        size = rng.choice(list(SIZES))
+        r = SIZES[size]
+        for _ in range(100):  # rejection sampling: no overlaps, inside the canvas
+            x, y = rng.randint(r + 2, width - r - 2), rng.randint(r + 2, height - r - 16)
+            if all(abs(x - t.x) > r + SIZES[t.size] + 4 or abs(y - t.y) > r + SIZES[t.size] + 4 for t in things):
+                things.append(Thing(shape, colour, size, x, y))
+                break
+    character = rng.choice(CHARACTERS) if rng.random() < 0.5 else None
+    char_xy = (rng.randint(2, width - 10), height - 12) if character else None
+    return Scene(width, height, tuple(things), character, char_xy, seed)
+
+
+def draw_scene(scene: Scene) -> Image.Image:
+    """Render a scene to an RGB image (with light clutter: a few faint dots)."""
+    rng = random.Random(scene.seed + 1)
+    image = Image.new("RGB", (scene.width, scene.height), (238, 236, 230))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = rng.randrange(scene.width), rng.randrange(scene.height)
+        draw.point((x, y), fill=(200, 198, 190))
+    for t in scene.things:
+        r, fill = SIZES[t.size], COLOURS[t.colour]
+        box = (t.x - r, t.y - r, t.x + r, t.y + r)
+        if t.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif t.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(t.x, t.y - r), (t.x - r, t.y + r), (t.x + r, t.y + r)], fill=fill)
+    if scene.character:
+        draw.text(scene.char_xy, scene.character, fill=(20, 20, 20), font=ImageFont.load_default(size=9))
+    return image
+
+
+def box_on_padded_square(thing: Thing, scene: Scene) -> str:
+    """The thing's box as ``[x1, y1, x2, y2]`` normalised to [0, 1] on the image padded to a square (LLaVA-1.5)."""
+    side = max(scene.width, scene.height)
+    dx, dy = (side - scene.width) // 2, (side - scene.height) // 2
+    r = SIZES[thing.size]
+    coords = (thing.x - r + dx, thing.y - r + dy, thing.x + r + dx, thing.y + r + dy)
+    return "[" + ", ".join(f"{c / side:.2f}" for c in coords) + "]"
+
+
+# ----------------------------------------------------------------------------- language about a scene
+
+
+def caption(scene: Scene) -> str:
+    names = [f"a {t.size} {t.name}" for t in scene.things]
+    text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def description(scene: Scene) -> str:
+    n = len(scene.things)
+    parts = [f"The image shows {NUMBER_WORDS[n]} shape{'s' if n > 1 else ''} on a light background."]
+    parts += [f"A {t.size} {t.name} is at the {where(t, scene)}." for t in scene.things]
+    parts.append(f"The character {scene.character} is printed near the bottom." if scene.character
+                 else "There is no text in the image.")
+    return " ".join(parts)
+
+
+def absent_thing(scene: Scene, rng: random.Random) -> str:
+    present = {t.name for t in scene.things}
+    return rng.choice([f"{c} {s}" for s in SHAPES for c in COLOURS if f"{c} {s}" not in present])
+
+
+def short_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
+    """(question, answer) of one short-answer question of ``kind`` (colour, shape or count)."""
+    t = rng.choice(scene.things)
+    if kind == "colour":
+        return f"What colour is the {t.shape}?", t.colour
+    if kind == "shape":
+        return f"What shape is the {t.colour} object?", t.shape
+    return "How many shapes are there?", str(len(scene.things))
+
+
+def pope_qa(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    name = rng.choice(scene.things).name if rng.random() < 0.5 else absent_thing(scene, rng)
+    present = any(t.name == name for t in scene.things)
+    return f"Is there a {name} in the image?", "yes" if present else "no"
+
+
+def choice_qa(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    t = rng.choice(scene.things)
+    options = rng.sample(list(COLOURS), k=4)
+    lines = "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(options))
+    return f"What colour is the {t.shape}?\n{lines}", "ABCD"[options.index(t.colour)]
+
+
+TEXT_ONLY = [("Which shape has three corners?", "A triangle has three corners."),
+             ("What colour do you get by mixing blue and yellow?", "Mixing blue and yellow gives green."),
+             ("How many sides does a square have?", "A square has four equal sides."),
+             ("Is a circle round?", "Yes, a circle is perfectly round."),
+             ("Name a warm colour.", "Red is a warm colour."),
+             ("What is bigger, a large circle or a small circle?", "A large circle is bigger than a small one.")]
+
+
+def stage2_record(scene: Scene, image: str, rng: random.Random) -> dict:
+    """One instruction-tuning record of a random task kind about ``scene``."""
+    def turns(*pairs):
+        conv = []
+        for i, (q, a) in enumerate(pairs):
+            conv += [{"from": "human", "value": (IMAGE + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
+        return conv
+
+    kind = rng.choice(["detail", "conversation", "short", "choice", "pope", "text", "region", "text"])
+    if kind == "detail":
+        conv = turns(("Describe the image in detail.", description(scene)))
+    elif kind == "conversation":
+        t = rng.choice(scene.things)
+        conv = turns(("What can you see in this picture?", caption(scene)),
+                     (f"Where is the {t.name}?", f"The {t.name} is at the {where(t, scene)} of the image."))
+    elif kind == "short":  # like VQAv2/GQA: several QAs of one image merged into one conversation
+        kinds = rng.sample(["colour", "shape", "count"], k=rng.randint(1, 3))
+        conv = turns(*[(with_format_prompt(q, SHORT_ANSWER), a) for q, a in (short_qa(scene, rng, k) for k in kinds)])
+    elif kind == "choice":
+        q, a = choice_qa(scene, rng)
+        conv = turns((with_format_prompt(q, MULTIPLE_CHOICE), a))
+    elif kind == "pope":
+        conv = turns(*[(with_format_prompt(q, SHORT_ANSWER), a) for q, a in (pope_qa(scene, rng) for _ in range(2))])
+    elif kind == "text":
+        answer = scene.character or "none"
+        conv = turns((with_format_prompt("What character is printed in the image?", SHORT_ANSWER), answer))
+    else:
+        t = rng.choice(scene.things)
+        box = box_on_padded_square(t, scene)
+        conv = turns((with_format_prompt(box, REGION_TO_TEXT), f"A {t.size} {t.name}."),
+                     (with_format_prompt(f"The {t.name}.", TEXT_TO_REGION), box))
+    return {"id": f"scene{scene.seed}-{kind}", "image": image, "conversations": conv}
+
+
+# ----------------------------------------------------------------------------- writing a world to disk
+
+EVAL_TASKS = ("colour", "shape", "count", "choice", "pope", "text", "detail")
+
+
+def eval_questions(scene: Scene, image: str, rng: random.Random) -> list[dict]:
+    """Held-out questions about one scene: one per task, with answers."""
+    out = [(kind, *short_qa(scene, rng, kind)) for kind in ("colour", "shape", "count")]
+    out = [(kind, q, SHORT_ANSWER, a) for kind, q, a in out]
+    q, a = choice_qa(scene, rng)
+    out.append(("choice", q, MULTIPLE_CHOICE, a))
+    q, a = pope_qa(scene, rng)
+    out.append(("pope", q, SHORT_ANSWER, a))
+    out.append(("text", "What character is printed in the image?", SHORT_ANSWER, scene.character or "none"))
+    out.append(("detail", "Describe the image in detail.", None, description(scene)))
+    return [{"question_id": f"scene{scene.seed}-{task}", "image": image, "category": task,
+             "text": with_format_prompt(q, fmt) if fmt else q, "answer": a} for task, q, fmt, a in out]
+
+
+def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed: int = 0,
+                text_only_share: float = 0.08, progress: bool = True) -> Path:
+    """Generate images + LLaVA-format JSON under ``folder`` (skipped if already complete for these arguments).
+
+    Layout: ``images/*.png``, ``stage1.json``, ``stage2.json``, ``eval/<task>.jsonl``,
+    ``eval/<task>_answers.jsonl`` and ``world.json`` (the arguments, so a different world is never reused).
+    """
+    folder = Path(folder)
+    spec = {"n_train": n_train, "n_eval": n_eval, "seed": seed, "text_only_share": text_only_share}
+    if (folder / "world.json").exists() and json.loads((folder / "world.json").read_text()) == spec:
+        return folder
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "eval").mkdir(exist_ok=True)
+    rng = random.Random(seed)
+    stage1, stage2, questions = [], [], {task: [] for task in EVAL_TASKS}
+    for i in tqdm(range(n_train + n_eval), desc="toy world", disable=not progress):
+        scene = make_scene(seed * 1_000_003 + i)
+        image = f"{i:06d}.png"
+        draw_scene(scene).save(folder / "images" / image)
+        if i >= n_train:
+            for q in eval_questions(scene, image, rng):
+                questions[q["category"]].append(q)
+            continue
+        stage1.append({"id": f"scene{scene.seed}-caption", "image": image, "conversations": [
+            {"from": "human", "value": f"{IMAGE}\nRender a clear and concise summary of the photo."},
+            {"from": "gpt", "value": caption(scene)}]})
+        stage2.append(stage2_record(scene, image, rng))
+        if rng.random() < text_only_share:
+            q, a = rng.choice(TEXT_ONLY)
+            stage2.append({"id": f"text{i}", "conversations": [{"from": "human", "value": q},
+                                                                 {"from": "gpt", "value": a}]})
+    (folder / "stage1.json").write_text(json.dumps(stage1, indent=1))
+    (folder / "stage2.json").write_text(json.dumps(stage2, indent=1))
+    for task, qs in questions.items():
+        with open(folder / "eval" / f"{task}.jsonl", "w") as f_q, \
+                open(folder / "eval" / f"{task}_answers.jsonl", "w") as f_a:
+            for q in qs:
+                f_q.write(json.dumps({k: q[k] for k in ("question_id", "image", "text", "category")}) + "\n")
+                f_a.write(json.dumps({"question_id": q["question_id"], "answer": q["answer"]}) + "\n")
+    (folder / "world.json").write_text(json.dumps(spec))
+    return folder
+
+
+def corpus(folder: str | Path) -> list[str]:
+    """All the text of a world (for the tokenizer and LM pretraining): every turn of every record."""
+    folder = Path(folder)
+    texts = []
+    for name in ("stage1.json", "stage2.json"):
+        for record in json.loads((folder / name).read_text()):
+            texts += [turn["value"].replace(IMAGE, "").strip() for turn in record["conversations"]]
+    return texts
