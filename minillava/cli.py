@@ -4,70 +4,85 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
+from .model import MiniLlava
+from .trainer import Recipe, load_connector, train
 
-def demo(args: argparse.Namespace) -> None:
-    """A 1-minute end-to-end check: tiny backbones -> MiniLlava -> a few training steps -> answers -> export."""
+
+def toy_recipes(world: Path, fast: bool = False) -> tuple[Recipe, Recipe]:
+    """The toy recipe: LLaVA-1.5's two stages at toy scale (configs/recipes/toy-stage{1,2}.yaml hold the same)."""
+    stage1 = Recipe(stage=1, data=str(world / "stage1.json"), image_folder=str(world / "images"), template="plain",
+                    preprocess="crop", max_length=512, max_steps=150, per_device_batch_size=16,
+                    learning_rate=1e-3, log_every=10)
+    stage2 = Recipe(stage=2, data=str(world / "stage2.json"), image_folder=str(world / "images"),
+                    template="vicuna_v1", preprocess="pad", max_length=512, epochs=2, per_device_batch_size=16,
+                    learning_rate=1e-3, log_every=10)
+    if fast:
+        stage1.max_steps, stage2.max_steps, stage2.epochs = 4, 6, 1
+    return stage1, stage2
+
+
+def run_toy(args: argparse.Namespace) -> None:
+    """The main job: toy world -> backbones -> stage 1 -> stage 2 -> evaluation -> report."""
     import torch
+
+    from .backbones import BackboneSpec, cache_dir, toy_backbones
+    from .evaluate import evaluate_toy, write_report
+    from .toyworld import write_world
+
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_train, n_eval = (200, 8) if args.fast else (args.train_images, args.eval_images)
+    world = write_world(cache_dir() / f"world-{n_train}-{n_eval}-{args.seed}", n_train, n_eval, args.seed)
+    spec = BackboneSpec(vision_steps=5, lm_steps=5) if args.fast else BackboneSpec()
+    vision_dir, llm_dir = toy_backbones(world, spec)
+    print(f"backbones: {vision_dir.parent}")
+    model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=args.connector)
+    stage1, stage2 = toy_recipes(world, args.fast)
+    train(stage1, model, out / "stage1")
+    load_connector(model, out / "stage1")
+    train(stage2, model, out / "stage2")
+    results = evaluate_toy(model, world, out, batch_size=64)
+    print(write_report(results, out))
+
+
+def chat(args: argparse.Namespace) -> None:
+    """Answer one question about one image with a trained model folder."""
     from PIL import Image
-    from transformers import LlavaForConditionalGeneration
 
-    from .backbones import save_backbone, tiny_language_model, tiny_vision_tower, train_tokenizer
-    from .convert import export_hf_llava
-    from .data import pad_batch
-    from .model import MiniLlava
-    from .prompts import SHORT_ANSWER, tokenize_conversation, with_format_prompt
-
-    torch.manual_seed(0)
-    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
-    question = with_format_prompt("<image>\nWhat colour is this picture?", SHORT_ANSWER)
-    corpus = [question] + [f"{c}." for c in colours] * 10
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = train_tokenizer(corpus, vocab_size=300)
-        tower, processor = tiny_vision_tower()
-        save_backbone(f"{tmp}/vision", tower, processor)
-        save_backbone(f"{tmp}/llm", tiny_language_model(tokenizer), tokenizer)
-        model = MiniLlava.from_backbones(f"{tmp}/vision", f"{tmp}/llm")
-        print(f"MiniLlava: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-              f"{model.encoder.num_features} image tokens per image")
-
-        names = list(colours)
-        images = [Image.new("RGB", (48, 40), colours[n]) for n in names]
-        samples = [tokenize_conversation([{"from": "human", "value": question}, {"from": "gpt", "value": f"{n}."}],
-                                         model.tokenizer, model.image_token_id, model.encoder.num_features)
-                   for n in names]
-        batch = pad_batch(samples, model.tokenizer.pad_token_id)
-        pixels = model.encoder.preprocess(images)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-        model.train()
-        for step in range(args.steps):  # stage 2 in miniature: connector + LM learn to name the colour
-            loss = model(batch["input_ids"], pixels, batch["attention_mask"], batch["labels"]).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            if step % 20 == 0 or step == args.steps - 1:
-                print(f"step {step:3d}  loss {loss.item():.3f}")
-        model.eval()
-        answers = model.answer(images, ["What colour is this picture?"] * len(images), format_prompt=SHORT_ANSWER,
-                               max_new_tokens=4)
-        for name, answer in zip(names, answers):
-            print(f"  {name:>6} image -> {answer!r}")
-        hf = LlavaForConditionalGeneration.from_pretrained(export_hf_llava(model, Path(tmp) / "hf")).eval()
-        with torch.no_grad():
-            ours = model(batch["input_ids"], pixels, batch["attention_mask"]).logits
-            theirs = hf(input_ids=batch["input_ids"], pixel_values=pixels, attention_mask=batch["attention_mask"]).logits
-        mask = batch["attention_mask"].bool()
-        print(f"exported to transformers' Llava: max |logit difference| = {(ours - theirs)[mask].abs().max():.2e}")
+    folder = Path(args.model)
+    if (folder / "stage2" / "model").exists():  # a run folder
+        folder = folder / "stage2" / "model"
+    model = MiniLlava.from_pretrained(folder).eval()
+    image = Image.open(args.image).convert("RGB") if args.image else None
+    print(model.answer([image], [args.question], max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature)[0])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="minillava", description="A small, exact, teachable LLaVA-1.5.")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help="a one-minute end-to-end check with tiny random backbones")
-    p.add_argument("--steps", type=int, default=60)
-    p.set_defaults(func=demo)
+
+    p = commands.add_parser("run", help="run a whole recipe end to end (the embedded default: `run toy`)")
+    p.add_argument("recipe", choices=["toy"])
+    p.add_argument("--out", default="runs/toy", help="run folder (report, loss curves, model)")
+    p.add_argument("--connector", default="mlp2x_gelu")
+    p.add_argument("--train-images", type=int, default=4000)
+    p.add_argument("--eval-images", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast", action="store_true", help="tiny budgets: checks the pipeline in seconds")
+    p.set_defaults(func=run_toy)
+
+    p = commands.add_parser("chat", help="answer a question about an image")
+    p.add_argument("--model", required=True, help="a run folder or a MiniLlava model folder")
+    p.add_argument("--image", help="an image file (omit for a text-only question)")
+    p.add_argument("--question", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.set_defaults(func=chat)
+
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 

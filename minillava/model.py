@@ -132,6 +132,10 @@ class MiniLlava(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    def prepare_image(self, image: Image.Image, mode: str = "pad") -> tuple[torch.Tensor, int]:
+        """One image -> (pixel values (3, S, S), number of image tokens it will take in the prompt)."""
+        return self.encoder.preprocess([image], mode)[0], self.encoder.num_features
+
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(n_img, 3, S, S) -> (n_img, N, H): the encoder's features projected into the LM's embedding space."""
         features = self.encoder(pixel_values)  # (n_img, N, D)
@@ -208,17 +212,19 @@ class MiniLlava(nn.Module):
         """
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions")
-        samples = []
+        samples, pixels = [], []
         for image, question in zip(images, questions):
             text = with_format_prompt(question, format_prompt) if format_prompt else question
-            if image is not None and IMAGE not in text:
-                text = IMAGE + "\n" + text
+            counts = []
+            if image is not None:
+                text = text if IMAGE in text else IMAGE + "\n" + text
+                image_pixels, count = self.prepare_image(image, preprocess)
+                pixels.append(image_pixels)
+                counts.append(count)
             samples.append(tokenize_conversation([{"from": "human", "value": text}], self.tokenizer,
-                                                 self.image_token_id, self.encoder.num_features, template,
-                                                 for_generation=True))
+                                                 self.image_token_id, counts, template, for_generation=True))
         batch = pad_batch(samples, self.tokenizer.pad_token_id, padding_side="left")
-        present = [im for im in images if im is not None]
-        pixels = self.encoder.preprocess(present, mode=preprocess) if present else None
+        pixels = torch.stack(pixels) if pixels else None
         device = next(self.parameters()).device
         new_tokens = self.generate(batch["input_ids"].to(device), pixels,
                                    batch["attention_mask"].to(device), max_new_tokens, temperature)

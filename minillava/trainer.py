@@ -1,0 +1,241 @@
+"""The two-stage training loop, on accelerate.
+
+LLaVA-1.5 trains in two stages with the same loop and a different recipe:
+
+| | stage 1: feature alignment | stage 2: visual instruction tuning |
+|---|---|---|
+| trains | the connector only | the connector and the whole LM |
+| data, template | captions, ``plain`` | the instruction mix, ``vicuna_v1`` |
+| learning rate | 1e-3 | 2e-5 |
+
+The vision tower is frozen in both. One ``Recipe`` (a dataclass, loadable from YAML under ``configs/recipes``)
+says which; ``train(recipe, model)`` runs it. The same code runs the toy recipe on a laptop CPU and the full
+recipe on 8 GPUs: ``accelerate launch --config_file configs/accelerate/<...>.yaml -m minillava train ...``.
+
+Global batch = per-device batch x gradient accumulation x processes (the paper: 256 in stage 1, 128 in stage 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .data import LlavaDataset, ModalityLengthGroupedSampler, collate, load_records
+from .model import MiniLlava
+
+CONNECTOR_FILE = "connector.safetensors"  # what stage 1 saves; stage 2 starts from it
+
+
+@dataclass
+class Recipe:
+    """Everything one training stage needs. Field names follow the official LLaVA scripts where they exist."""
+
+    stage: int = 2  # 1: train the connector only; 2: the connector and the LM
+    data: str = ""  # LLaVA JSON (list of records)
+    image_folder: str = ""
+    template: str = "vicuna_v1"  # stage 1: "plain"
+    preprocess: str = "pad"  # stage 1: "crop" (official), stage 2 and inference: "pad"
+    max_length: int = 2048  # tokens, counted with the image tokens
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 overrides epochs
+    per_device_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    connector_learning_rate: float = 0.0  # > 0: a separate learning rate for the connector (LoRA recipes)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # "bf16" on GPUs that have it
+    gradient_checkpointing: bool = False
+    group_by_modality_length: bool = True
+    on_bad_record: str = "error"  # or "skip" (counted and reported)
+    seed: int = 0
+    save_every: int = 0  # optimizer steps between resumable checkpoints; 0: only at the end
+    log_every: int = 10
+    num_workers: int = 0
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "Recipe":
+        """Load a recipe; unknown keys are an error (a typo must not silently fall back to a default)."""
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown recipe field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def set_trainable(model: MiniLlava, stage: int) -> list[torch.nn.Parameter]:
+    """Freeze what the stage does not train; returns the trainable parameters (connector first)."""
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    model.requires_grad_(False)
+    model.connector.requires_grad_(True)
+    if stage == 2:
+        model.lm.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def load_connector(model: MiniLlava, path: str | Path) -> None:
+    """Start from a stage-1 connector: a run folder, its ``connector.safetensors``, or an official .bin."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONNECTOR_FILE
+    if path.suffix == ".safetensors":
+        model.connector.load_state_dict(load_file(str(path)), strict=True)
+    else:
+        from .convert import load_official_projector
+
+        model.connector.load_state_dict(load_official_projector(path), strict=True)
+
+
+def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
+    """Loss (and learning rate) against optimizer step, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label="training loss")
+    ax.set(title=title, xlabel="optimizer step", ylabel="cross-entropy loss")
+    lr_ax = ax.twinx()
+    lr_ax.plot([m["step"] for m in metrics], [m["lr"] for m in metrics], color="tab:orange", alpha=0.5)
+    lr_ax.set_ylabel("learning rate", color="tab:orange")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool = False,
+          progress: bool = True, stop_after: int | None = None) -> list[dict]:
+    """Run one stage of ``recipe`` on ``model`` and write its outputs to ``output_dir``.
+
+    Writes ``metrics.jsonl`` (one line per logged step), ``loss.png``, and at the end either
+    ``connector.safetensors`` (stage 1) or ``model/`` (stage 2, a full ``MiniLlava.save_pretrained`` folder).
+    With ``save_every``, ``checkpoint/`` holds a resumable state (model, optimizer, scheduler, RNG, position);
+    ``resume=True`` continues from it and gives the same losses as an uninterrupted run.
+    ``stop_after`` ends the run after that many optimizer steps (for tests of resuming). Returns the metrics.
+    """
+    output_dir = Path(output_dir)
+    accelerator = Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+                              mixed_precision=recipe.mixed_precision)
+    set_seed(recipe.seed)
+    trainable = set_trainable(model, recipe.stage)
+    if recipe.gradient_checkpointing:
+        model.lm.gradient_checkpointing_enable()
+
+    dataset = LlavaDataset(load_records(recipe.data), model.tokenizer, model.image_token_id,
+                           lambda image: model.prepare_image(image, recipe.preprocess),
+                           image_folder=recipe.image_folder or None, template=recipe.template,
+                           max_length=recipe.max_length, on_error=recipe.on_bad_record,
+                           image_tokens_estimate=model.encoder.num_features)
+    global_batch = recipe.per_device_batch_size * recipe.gradient_accumulation_steps * accelerator.num_processes
+    sampler = ModalityLengthGroupedSampler(dataset.lengths, global_batch, recipe.seed) \
+        if recipe.group_by_modality_length else None
+    loader = DataLoader(dataset, batch_size=recipe.per_device_batch_size, sampler=sampler,
+                        shuffle=sampler is None, num_workers=recipe.num_workers,
+                        collate_fn=lambda samples: collate(samples, model.tokenizer.pad_token_id))
+
+    connector_ids = {id(p) for p in model.connector.parameters()}
+    groups = [{"params": [p for p in trainable if id(p) in connector_ids],
+               "lr": recipe.connector_learning_rate or recipe.learning_rate},
+              {"params": [p for p in trainable if id(p) not in connector_ids], "lr": recipe.learning_rate}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=recipe.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = max(1, len(loader) // recipe.gradient_accumulation_steps)
+    total_steps = recipe.max_steps or math.ceil(recipe.epochs * steps_per_epoch)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(recipe.warmup_ratio * total_steps), total_steps)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by hand below: once per optimizer step
+
+    step, metrics, checkpoint = 0, [], output_dir / "checkpoint"
+    if resume and (checkpoint / "trainer_state.json").exists():
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        step, metrics = state["step"], state["metrics"]
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, desc=f"stage {recipe.stage}",
+               disable=not (progress and accelerator.is_local_main_process))
+    last_time, tokens, losses = time.perf_counter(), 0, []
+    while step < total_steps:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, done_in_epoch * recipe.gradient_accumulation_steps) \
+            if done_in_epoch else loader
+        for batch in batches:
+            if batch is None:  # every sample of this micro-batch was skipped (counted by the dataset)
+                continue
+            with accelerator.accumulate(model):
+                loss = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
+                             batch["labels"]).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(trainable, recipe.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            losses.append(loss.detach())
+            tokens += int(batch["attention_mask"].sum())
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            if step % recipe.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - last_time
+                mean_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(f"loss became {mean_loss} at step {step}; lower the learning rate "
+                                             "or use bf16 rather than fp16")
+                metrics.append({"step": step, "epoch": epoch, "loss": round(mean_loss, 5),
+                                "lr": scheduler.get_last_lr()[-1], "grad_norm": round(float(grad_norm), 4),
+                                "tokens_per_s": round(tokens * accelerator.num_processes / elapsed, 1)})
+                bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{metrics[-1]['tokens_per_s']:.0f}")
+                last_time, tokens, losses = time.perf_counter(), 0, []
+            bar.update(1)
+            if recipe.save_every and step % recipe.save_every == 0 and step < total_steps:
+                accelerator.save_state(str(checkpoint))
+                if accelerator.is_main_process:
+                    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": step, "metrics": metrics}))
+            if step >= total_steps or (stop_after is not None and step >= stop_after):
+                break
+        if stop_after is not None and step >= stop_after:
+            break
+    bar.close()
+
+    if accelerator.is_main_process:
+        with open(output_dir / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in metrics)
+        if metrics:
+            plot_losses(metrics, output_dir / "loss.png", f"Stage {recipe.stage} training loss")
+        if dataset.summary():
+            print(f"{recipe.data}: {dataset.summary()}")
+    if step >= total_steps:
+        accelerator.wait_for_everyone()
+        unwrapped = accelerator.unwrap_model(model)
+        if accelerator.is_main_process:
+            if recipe.stage == 1:
+                save_file({k: v.contiguous() for k, v in unwrapped.connector.state_dict().items()},
+                          str(output_dir / CONNECTOR_FILE))
+            else:
+                unwrapped.save_pretrained(output_dir / "model")
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    return metrics
