@@ -1,0 +1,160 @@
+"""The toy world and the data pipeline: determinism, validation, skipping, grouping, collation, datasets."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from minillava.data import (LlavaDataset, ModalityLengthGroupedSampler, RecordError, collate, load_records,
+                            records_from_hf_dataset)
+from minillava.prompts import IGNORE_INDEX, IMAGE
+from minillava.toyworld import EVAL_TASKS, draw_scene, make_scene, write_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_world(tmp_path_factory.mktemp("world"), n_train=60, n_eval=6, seed=3, progress=False)
+
+
+def dataset(model, records, folder, **kwargs):
+    return LlavaDataset(records, model.tokenizer, model.image_token_id, model.prepare_image, folder, **kwargs)
+
+
+def test_same_seed_same_world(world, tmp_path):
+    again = write_world(tmp_path / "again", n_train=60, n_eval=6, seed=3, progress=False)
+    for name in ["stage1.json", "stage2.json"] + [f"eval/{t}.jsonl" for t in EVAL_TASKS]:
+        assert (again / name).read_bytes() == (world / name).read_bytes(), name
+    for image in sorted((world / "images").iterdir()):
+        assert (again / "images" / image.name).read_bytes() == image.read_bytes()
+    other = write_world(tmp_path / "other", n_train=60, n_eval=6, seed=4, progress=False)
+    assert (other / "stage2.json").read_bytes() != (world / "stage2.json").read_bytes()
+    assert list(draw_scene(make_scene(7)).getdata()) == list(draw_scene(make_scene(7)).getdata())
+
+
+def test_world_mirrors_the_llava_mix(world):
+    stage2 = load_records(world / "stage2.json")
+    kinds = {r["id"].split("-")[-1] if "image" in r else "text-only" for r in stage2}
+    assert {"detail", "conversation", "short", "choice", "pope", "text", "region"} <= kinds
+    assert any("image" not in r for r in stage2)  # text-only conversations
+    assert all(r["conversations"][0]["value"].startswith(IMAGE) for r in stage2 if "image" in r)
+    questions = [json.loads(line) for line in (world / "eval" / "pope.jsonl").read_text().splitlines()]
+    assert set(questions[0]) == {"question_id", "image", "text", "category"}
+
+
+def test_toy_records_validate_and_tokenize(model, world):
+    for name, template in (("stage1.json", "plain"), ("stage2.json", "vicuna_v1")):
+        data = dataset(model, load_records(world / name), world / "images", template=template)
+        assert len(data) == len(load_records(world / name))
+        for i in range(0, len(data), 7):
+            sample = data[i]
+            assert any(lab != IGNORE_INDEX for lab in sample["labels"])
+            n_image = sample["input_ids"].count(model.image_token_id)
+            assert n_image == (model.encoder.num_features if sample["pixel_values"] is not None else 0)
+
+
+def bad_records(folder):
+    Image.new("RGB", (8, 8)).save(folder / "ok.png")
+    (folder / "corrupt.png").write_bytes(b"not a png")
+    good = [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]
+    return [
+        {"id": "good", "image": "ok.png", "conversations": good},
+        {"id": "missing", "image": "nope.png", "conversations": good},
+        {"id": "corrupt", "image": "corrupt.png", "conversations": good},
+        {"id": "roles", "image": "ok.png", "conversations": good[::-1]},
+        {"id": "no-marker", "image": "ok.png", "conversations": [{"from": "human", "value": "Q"}, good[1]]},
+        {"id": "empty", "conversations": []},
+        {"id": "long", "image": "ok.png", "conversations": [good[0], {"from": "gpt", "value": "word " * 300}]},
+    ]
+
+
+@pytest.mark.parametrize("rid, message", [("missing", "nope.png not found"), ("roles", "turn 0 must be"),
+                                          ("no-marker", "exactly one <image> marker"),
+                                          ("empty", "empty conversation")])
+def test_bad_records_raise_naming_the_record(model, tmp_path, rid, message):
+    records = [r for r in bad_records(tmp_path) if r["id"] == rid]
+    with pytest.raises(RecordError, match=f"record {rid}: .*{message}"):
+        dataset(model, records, tmp_path)
+
+
+@pytest.mark.parametrize("rid, message", [("corrupt", "cannot read image 'corrupt.png'"),
+                                          ("long", "max_length 64")])
+def test_unreadable_or_too_long_records_raise_when_read(model, tmp_path, rid, message):
+    data = dataset(model, [r for r in bad_records(tmp_path) if r["id"] == rid], tmp_path, max_length=64)
+    with pytest.raises(RecordError, match=f"record {rid}: .*{message}"):
+        data[0]
+
+
+def test_skip_policy_counts_every_bad_record(model, tmp_path):
+    data = dataset(model, bad_records(tmp_path), tmp_path, max_length=64, on_error="skip")
+    assert len(data) == 3  # good, corrupt, long pass the structural checks
+    samples = [data[i] for i in range(len(data))]
+    assert [s["id"] for s in samples if s is not None] == ["good"]
+    assert data.skipped["total"] == 6
+    assert data.skipped["missing image"] == 1 and data.skipped["corrupt image"] == 1
+    assert data.skipped["too long"] == 1 and data.skipped["image marker"] == 1
+    assert "skipped 6 bad record(s)" in data.summary()
+    batch = collate(samples, model.tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] == 1 and batch["pixel_values"].shape[0] == 1
+    assert collate([None, None], model.tokenizer.pad_token_id) is None
+
+
+def test_collator_shapes_masks_and_text_only_rows(model, world):
+    records = load_records(world / "stage2.json")
+    text_only = next(r for r in records if "image" not in r)
+    with_image = [r for r in records if "image" in r][:2]
+    data = dataset(model, [with_image[0], text_only, with_image[1]], world / "images")
+    batch = collate([data[i] for i in range(3)], model.tokenizer.pad_token_id)
+    lengths = [len(data[i]["input_ids"]) for i in range(3)]
+    assert batch["input_ids"].shape == batch["labels"].shape == (3, max(lengths))
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    assert batch["pixel_values"].shape[0] == 2
+    padding = batch["attention_mask"] == 0
+    assert (batch["labels"][padding] == IGNORE_INDEX).all()
+    assert (batch["input_ids"][padding] == model.tokenizer.pad_token_id).all()
+    assert model(**batch).logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_grouped_sampler_never_mixes_modalities_within_a_global_batch():
+    lengths = [n if n % 3 else -n for n in range(1, 104)]  # a third text-only (negative), the rest images
+    group = 8
+    sampler = ModalityLengthGroupedSampler(lengths, group, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(lengths)))
+    groups = [order[k:k + group] for k in range(0, len(order), group)]
+    for g in groups[:-1]:
+        assert len({lengths[i] > 0 for i in g}) == 1
+        assert [abs(lengths[i]) for i in g] == sorted((abs(lengths[i]) for i in g), reverse=True)
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    sampler.set_epoch(0)
+    assert list(sampler) == order
+
+
+def test_grouped_sampler_pads_less_than_random_batches():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(20, 400, (512,)).tolist()
+    def padding(order):
+        batches = [order[k:k + 8] for k in range(0, len(order), 8)]
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    grouped = padding(list(ModalityLengthGroupedSampler(lengths, 64, seed=0)))
+    shuffled = padding(torch.randperm(512, generator=g).tolist())
+    assert grouped < 0.5 * shuffled
+
+
+def test_records_from_hugging_face_datasets(model):
+    from datasets import Dataset, Features, Image as HFImageFeature, List, Value
+
+    image = Image.new("RGB", (20, 10), (255, 0, 0))
+    conversations = [[{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}],
+                     [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]]
+    features = Features({"id": Value("string"), "image": HFImageFeature(),
+                         "conversations": List({"from": Value("string"), "value": Value("string")})})
+    ds = Dataset.from_dict({"id": ["a", "b"], "image": [image, None], "conversations": conversations},
+                           features=features)
+    records = records_from_hf_dataset(ds)
+    assert [r["id"] for r in records] == ["a", "b"] and "image" not in records[1]
+    data = dataset(model, records, None)
+    sample = data[0]
+    assert sample["pixel_values"].shape == (3, 32, 32) and data[1]["pixel_values"] is None
+    torch.testing.assert_close(sample["pixel_values"], model.prepare_image(image)[0])
