@@ -16,8 +16,8 @@ def toy_recipes(world: Path, fast: bool = False) -> tuple[Recipe, Recipe]:
                     preprocess="crop", max_length=512, max_steps=150, per_device_batch_size=16,
                     learning_rate=1e-3, log_every=10)
     stage2 = Recipe(stage=2, data=str(world / "stage2.json"), image_folder=str(world / "images"),
-                    template="vicuna_v1", preprocess="pad", max_length=512, epochs=2, per_device_batch_size=16,
-                    learning_rate=1e-3, log_every=10)
+                    template="vicuna_v1", preprocess="pad", max_length=512, epochs=1, per_device_batch_size=16,
+                    learning_rate=3e-4, connector_learning_rate=1e-3, log_every=10)
     if fast:
         stage1.max_steps, stage2.max_steps, stage2.epochs = 4, 6, 1
     return stage1, stage2
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("recipe", choices=["toy"])
     p.add_argument("--out", default="runs/toy", help="run folder (report, loss curves, model)")
     p.add_argument("--connector", default="mlp2x_gelu")
-    p.add_argument("--train-images", type=int, default=4000)
+    p.add_argument("--train-images", type=int, default=8000)
     p.add_argument("--eval-images", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="tiny budgets: checks the pipeline in seconds")

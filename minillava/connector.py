@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-import torch.nn as nn
+from torch import nn
 
 
 def build_connector(kind: str, vision_dim: int, llm_dim: int) -> nn.Sequential:

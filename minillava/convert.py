@@ -25,8 +25,17 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoProcessor, AutoTokenizer,
-                          LlavaConfig, LlavaForConditionalGeneration, LlavaImageProcessorPil, LlavaProcessor)
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoProcessor,
+    AutoTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
+    LlavaProcessor,
+)
 
 from .connector import official_projector_state_dict
 from .encoder import VisionEncoder
@@ -45,6 +54,8 @@ def export_hf_llava(model: MiniLlava, folder: str | Path) -> Path:
     The exported image processor pads to a square with the mean colour (``do_pad=True``), as minillava's
     ``pad`` preprocessing does, so ``AutoProcessor`` gives the same pixels.
     """
+    if model.hd is not None:
+        raise ValueError("transformers' Llava has no grid HD encoder; export a base (one-cell) model")
     if model.config.connector != "mlp2x_gelu":
         raise ValueError(f"transformers' Llava projector is Linear-GELU-Linear (mlp2x_gelu); this model uses "
                          f"{model.config.connector!r}, which it cannot express")

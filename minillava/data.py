@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -114,8 +115,8 @@ class LlavaDataset(Dataset):
     """LLaVA records -> training examples ``{"input_ids", "labels", "pixel_values" or None, "image_tokens"}``.
 
     Images are loaded lazily (``image`` is a path under ``image_folder``, a PIL image, or an object with a
-    ``load()`` method, as the ``datasets`` adapter gives). ``prepare_image(image) -> (pixels, n_tokens)``
-    turns an image into pixel values and its number of image tokens (``MiniLlava.prepare_image``).
+    ``load()`` method, as the ``datasets`` adapter gives). ``prepare_image(image)`` turns an image into
+    ``{"pixel_values", "image_size", "n_tokens"}`` (``MiniLlava.prepare_image``).
 
     Bad records: ``on_error="error"`` raises ``RecordError`` naming the record; ``"skip"`` drops it, counts the
     reason in ``self.skipped`` and never does so silently (``summary()``). Structural problems and missing files
@@ -177,10 +178,10 @@ class LlavaDataset(Dataset):
         record = self.records[index]
         rid = record_id(record, index)
         try:
-            pixels, n_tokens = None, []
+            image, n_tokens = None, []
             if record.get("image") is not None:
-                pixels, count = self.prepare_image(self.load_image(record["image"]))
-                n_tokens = [count]
+                image = self.prepare_image(self.load_image(record["image"]))
+                n_tokens = [image["n_tokens"]]
             sample = tokenize_conversation(record["conversations"], self.tokenizer, self.image_token_id, n_tokens,
                                            self.template, max_length=self.max_length)
         except OSError as err:  # PIL's UnidentifiedImageError is an OSError too
@@ -192,13 +193,15 @@ class LlavaDataset(Dataset):
         except PromptError as err:
             self._bad(RecordError(f"record {rid}: {err}", "prompt"))
             return None
-        sample["pixel_values"] = pixels
+        sample["pixel_values"] = image["pixel_values"] if image else None  # (k, 3, S, S): k = 1 or HD cells
+        sample["image_size"] = image["image_size"] if image else None
         sample["id"] = rid
         return sample
 
 
 def collate(samples: Sequence[dict | None], pad_token_id: int) -> dict | None:
-    """Right-padded training batch; ``pixel_values`` stacks the images in row order (None if text-only).
+    """Right-padded training batch. ``pixel_values`` concatenates the images' pixel tensors in row order
+    (n_cells, 3, S, S) and ``image_sizes`` lists their (W, H); both None for a text-only batch.
 
     Samples the dataset dropped (None) are left out; a batch with nothing left is None.
     """
@@ -206,8 +209,9 @@ def collate(samples: Sequence[dict | None], pad_token_id: int) -> dict | None:
     if not samples:
         return None
     batch = pad_batch(samples, pad_token_id, padding_side="right")
-    images = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
-    batch["pixel_values"] = torch.stack(images) if images else None
+    images = [s for s in samples if s["pixel_values"] is not None]
+    batch["pixel_values"] = torch.cat([s["pixel_values"] for s in images]) if images else None
+    batch["image_sizes"] = torch.tensor([s["image_size"] for s in images]) if images else None
     return batch
 
 

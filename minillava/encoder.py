@@ -17,11 +17,12 @@ Two preprocessing modes, as in the official code:
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
-import torch.nn as nn
 from PIL import Image
+from torch import nn
 from transformers import AutoConfig, AutoImageProcessor
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
@@ -103,7 +104,7 @@ class VisionEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, feature_layer: int = -2, select: str = "patch",
-                        frozen: bool = True, dtype: torch.dtype | None = None) -> "VisionEncoder":
+                        frozen: bool = True, dtype: torch.dtype | None = None) -> VisionEncoder:
         """Load tower + processor from a hub name or local folder (no text tower)."""
         tower = load_vision_tower(name_or_path, **({"dtype": dtype} if dtype is not None else {}))
         # The PIL backend needs no torchvision and is the reference implementation of the processor.

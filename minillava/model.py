@@ -15,20 +15,21 @@ padding stay simple, and the layout is exactly transformers' ``LlavaForCondition
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
-import torch.nn as nn
 from PIL import Image
 from safetensors.torch import load_model, save_model
+from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .connector import build_connector
 from .data import pad_batch
 from .encoder import VisionEncoder
+from .hd import HDConfig, HDGrid, split_into_cells, to_rgb
 from .prompts import IMAGE, prepare_tokenizer, tokenize_conversation, with_format_prompt
 
 CONFIG_NAME = "minillava_config.json"
@@ -45,6 +46,7 @@ class MiniLlavaConfig:
     connector: str = "mlp2x_gelu"
     feature_layer: int = -2
     select: str = "patch"
+    hd: dict | None = None  # HDConfig fields: the grid HD encoder (LLaVA-1.5-HD) instead of one cell per image
     sources: dict = field(default_factory=dict)  # where the backbones came from, for the record
 
 
@@ -66,6 +68,11 @@ class MiniLlava(nn.Module):
         self.config = config
         self.encoder = encoder
         self.connector = build_connector(config.connector, encoder.hidden_size, lm.config.hidden_size)
+        self.hd = None
+        if config.hd is not None:
+            if encoder.num_features != encoder.num_patches:
+                raise ValueError("the HD encoder stitches patch features: use select='patch'")
+            self.hd = HDGrid(HDConfig(**config.hd), encoder.image_size, encoder.patch_size, lm.config.hidden_size)
         self.lm = lm
         self.tokenizer = tokenizer
         self.image_token_id = config.image_token_id
@@ -77,13 +84,13 @@ class MiniLlava(nn.Module):
 
     @classmethod
     def from_backbones(cls, vision: str, llm: str, connector: str = "mlp2x_gelu", feature_layer: int = -2,
-                       select: str = "patch", dtype: torch.dtype | None = None,
-                       attn_implementation: str | None = None) -> "MiniLlava":
+                       select: str = "patch", hd: HDConfig | None = None, dtype: torch.dtype | None = None,
+                       attn_implementation: str | None = None) -> MiniLlava:
         """A fresh LLaVA from a vision tower and an LM (hub names or local folders); the connector is new.
 
         ``MiniLlava.from_backbones("openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5")`` is the
         starting point of LLaVA-1.5 stage 1. The tokenizer gets ``<image>`` (and a pad token) if it lacks them,
-        and the LM's embeddings grow to match.
+        and the LM's embeddings grow to match. ``hd=HDConfig()`` makes it LLaVA-1.5-HD (see ``hd.py``).
         """
         encoder = VisionEncoder.from_pretrained(vision, feature_layer=feature_layer, select=select, dtype=dtype)
         kwargs = {k: v for k, v in (("dtype", dtype), ("attn_implementation", attn_implementation)) if v}
@@ -94,7 +101,8 @@ class MiniLlava(nn.Module):
             lm.resize_token_embeddings(len(tokenizer))
         config = MiniLlavaConfig(vision_config=encoder.tower.config.to_dict(), text_config=lm.config.to_dict(),
                                  image_token_id=image_token_id, connector=connector, feature_layer=feature_layer,
-                                 select=select, sources={"vision": vision, "llm": llm})
+                                 select=select, hd=asdict(hd) if hd is not None else None,
+                                 sources={"vision": vision, "llm": llm})
         model = cls(config, encoder, lm, tokenizer)
         return model.to(dtype) if dtype is not None else model
 
@@ -109,7 +117,7 @@ class MiniLlava(nn.Module):
         self.encoder.image_processor.save_pretrained(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -> "MiniLlava":
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -> MiniLlava:
         """Load a folder written by ``save_pretrained``: no download, no pickle."""
         folder = Path(folder)
         if not (folder / CONFIG_NAME).exists():
@@ -122,7 +130,7 @@ class MiniLlava(nn.Module):
         return model.to(dtype) if dtype is not None else model
 
     @classmethod
-    def from_config(cls, config: MiniLlavaConfig, tokenizer, image_processor) -> "MiniLlava":
+    def from_config(cls, config: MiniLlavaConfig, tokenizer, image_processor) -> MiniLlava:
         """A randomly initialised MiniLlava of the architecture ``config`` describes."""
         vision_config = _hf_config(config.vision_config)
         tower = MODEL_MAPPING[type(vision_config)](vision_config)
@@ -132,23 +140,45 @@ class MiniLlava(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def prepare_image(self, image: Image.Image, mode: str = "pad") -> tuple[torch.Tensor, int]:
-        """One image -> (pixel values (3, S, S), number of image tokens it will take in the prompt)."""
-        return self.encoder.preprocess([image], mode)[0], self.encoder.num_features
+    def prepare_image(self, image: Image.Image, mode: str = "pad") -> dict:
+        """One image -> ``{"pixel_values": (k, 3, S, S), "image_size": (W, H), "n_tokens": int}``.
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(n_img, 3, S, S) -> (n_img, N, H): the encoder's features projected into the LM's embedding space."""
-        features = self.encoder(pixel_values)  # (n_img, N, D)
+        k = 1 for the base encoder (``mode`` = ``crop`` or ``pad``); for the HD encoder, k = the grid's cells
+        (+ 1 global view) and ``mode`` is not used (the grid keeps the whole image). ``n_tokens`` is how many
+        image-token positions the prompt needs for this image.
+        """
+        image = to_rgb(image)
+        if self.hd is None:
+            return {"pixel_values": self.encoder.preprocess([image], mode), "image_size": image.size,
+                    "n_tokens": self.encoder.num_features}
+        cells = split_into_cells(image, self.hd.config, self.encoder.image_size, self.encoder.pad_colour)
+        pixels = self.encoder.image_processor(cells, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixels, "image_size": image.size, "n_tokens": self.hd.layout(*image.size)["tokens"]}
+
+    def image_features(self, pixel_values: torch.Tensor, image_sizes=None) -> torch.Tensor:
+        """All images' features in the LM's embedding space, images in order, flattened: (total_tokens, H).
+
+        Base: (n_img, 3, S, S) -> encoder (n_img, N, D) -> connector (n_img, N, H) -> (n_img * N, H).
+        HD: all cells of all images (n_cells, 3, S, S) go through the encoder in one call, then ``hd.assemble``
+        uses ``image_sizes`` [(W, H), ...] to stitch each image's grid (see ``hd.py``).
+        """
+        features = self.encoder(pixel_values)  # (n, N, D)
         weight = next(self.connector.parameters(), None)
         if weight is not None:
             features = features.to(weight.dtype)
-        return self.connector(features)  # (n_img, N, H)
+        features = self.connector(features)  # (n, N, H)
+        if self.hd is None:
+            return features.reshape(-1, features.shape[-1])
+        if image_sizes is None:
+            raise ValueError("the HD encoder needs image_sizes [(W, H), ...] to reassemble the grid cells")
+        return torch.cat(self.hd.assemble(features, [tuple(map(int, s)) for s in image_sizes]))
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+              image_sizes=None) -> torch.Tensor:
         """Token embeddings (B, T, H) with the image-token positions filled by image features, in order.
 
         Image features fill the image positions row by row, left to right: image k of the batch (the k-th
-        ``<image>`` block in reading order) must be ``pixel_values[k]``. Text-only rows simply have no block.
+        ``<image>`` block in reading order) must be image k of ``pixel_values``. Text-only rows have no block.
         """
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
         image_mask = input_ids == self.image_token_id  # (B, T)
@@ -161,22 +191,21 @@ class MiniLlava(nn.Module):
                 # (DDP waits for its gradients). Adding 0 x its parameters keeps it in, at no cost.
                 embeds = embeds + 0.0 * sum(p.sum() for p in self.connector.parameters())
             return embeds
-        features = self.image_features(pixel_values)  # (n_img, N, H)
-        n_img, n_feat, _ = features.shape
-        if n_positions != n_img * n_feat:
+        features = self.image_features(pixel_values, image_sizes)  # (total_tokens, H)
+        if n_positions != features.shape[0]:
+            n_img = len(image_sizes) if image_sizes is not None else len(pixel_values)
             raise ValueError(f"image features and image tokens do not match: input_ids hold {n_positions} "
-                             f"image-token positions, but {n_img} image(s) x {n_feat} features = "
-                             f"{n_img * n_feat} features")
-        features = features.reshape(-1, features.shape[-1]).to(embeds.dtype)  # (n_img * N, H)
-        return embeds.masked_scatter(image_mask.unsqueeze(-1), features)
+                             f"image-token positions, but the {n_img} image(s) give {features.shape[0]} features")
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **lm_kwargs):
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                image_sizes=None, **lm_kwargs):
         """Logits and, given labels, the token-averaged cross-entropy over positions whose label is not -100.
 
         Returns the LM's output (``.loss``, ``.logits``).
         """
-        embeds = self.embed(input_ids, pixel_values)
+        embeds = self.embed(input_ids, pixel_values, image_sizes)
         return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
 
     # ------------------------------------------------------------------ generation
@@ -184,7 +213,7 @@ class MiniLlava(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, max_new_tokens: int = 128,
-                 temperature: float = 0.0, top_p: float | None = None) -> torch.Tensor:
+                 temperature: float = 0.0, top_p: float | None = None, image_sizes=None) -> torch.Tensor:
         """Batched generation with the LM's KV cache; returns only the new tokens (B, <= max_new_tokens).
 
         Rows must be left-padded (``pad_batch(..., padding_side="left")``). ``temperature=0`` is greedy
@@ -194,7 +223,7 @@ class MiniLlava(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left padding: some rows end with padding (attention_mask 0)")
-        embeds = self.embed(input_ids, pixel_values)
+        embeds = self.embed(input_ids, pixel_values, image_sizes)
         sampling = temperature > 0
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling,
                                   temperature=temperature if sampling else None, top_p=top_p if sampling else None,
@@ -212,20 +241,19 @@ class MiniLlava(nn.Module):
         """
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions")
-        samples, pixels = [], []
+        samples, prepared = [], []
         for image, question in zip(images, questions):
             text = with_format_prompt(question, format_prompt) if format_prompt else question
             counts = []
             if image is not None:
                 text = text if IMAGE in text else IMAGE + "\n" + text
-                image_pixels, count = self.prepare_image(image, preprocess)
-                pixels.append(image_pixels)
-                counts.append(count)
+                prepared.append(self.prepare_image(image, preprocess))
+                counts.append(prepared[-1]["n_tokens"])
             samples.append(tokenize_conversation([{"from": "human", "value": text}], self.tokenizer,
                                                  self.image_token_id, counts, template, for_generation=True))
         batch = pad_batch(samples, self.tokenizer.pad_token_id, padding_side="left")
-        pixels = torch.stack(pixels) if pixels else None
+        pixels = torch.cat([p["pixel_values"] for p in prepared]) if prepared else None
         device = next(self.parameters()).device
-        new_tokens = self.generate(batch["input_ids"].to(device), pixels,
-                                   batch["attention_mask"].to(device), max_new_tokens, temperature)
+        new_tokens = self.generate(batch["input_ids"].to(device), pixels, batch["attention_mask"].to(device),
+                                   max_new_tokens, temperature, image_sizes=[p["image_size"] for p in prepared])
         return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -22,8 +22,9 @@ the same segments, so at inference the model sees exactly the tokens it was trai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 IGNORE_INDEX = -100  # label of positions that get no loss (torch's cross_entropy default ignore_index)
 IMAGE = "<image>"  # the image marker in LLaVA records and prompt strings

@@ -28,12 +28,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from .prompts import (IMAGE, MULTIPLE_CHOICE, REGION_TO_TEXT, SHORT_ANSWER, TEXT_TO_REGION,
-                      with_format_prompt)
+from .prompts import IMAGE, MULTIPLE_CHOICE, REGION_TO_TEXT, SHORT_ANSWER, TEXT_TO_REGION, with_format_prompt
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 215), "yellow": (225, 195, 30)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 9, "large": 16}  # half-width in pixels on a 128-pixel canvas
+SIZES = {"small": 13, "large": 22}  # half-width in pixels on a 128-pixel canvas
 CHARACTERS = "ABCDEFHKLMNPRTXZ2345679"  # glyphs that stay distinct in a tiny font
 CANVAS_SIZES = ((128, 128), (160, 128), (128, 160))  # (width, height): square, landscape, portrait
 NUMBER_WORDS = ["zero", "one", "two", "three"]
@@ -69,11 +68,11 @@ def where(thing: Thing, scene: Scene) -> str:
     return "center" if (row, col) == ("middle", "center") else f"{row} {col}".replace("middle center", "center")
 
 
-def make_scene(seed: int) -> Scene:
-    """A random scene; the same seed gives the same scene."""
+def make_scene(seed: int, n_things: int | None = None) -> Scene:
+    """A random scene with ``n_things`` shapes (default: 1 to 3); the same seed gives the same scene."""
     rng = random.Random(seed)
     width, height = rng.choice(CANVAS_SIZES)
-    n = rng.randint(1, 3)  # distinct shapes and distinct colours: "the circle", "the red shape" are unambiguous
+    n = n_things or rng.randint(1, 3)  # distinct shapes and distinct colours: "the circle", "the red shape" are unambiguous
     kinds = list(zip(rng.sample(SHAPES, k=n), rng.sample(list(COLOURS), k=n)))
     things: list[Thing] = []
     for shape, colour in kinds:
@@ -174,38 +173,43 @@ TEXT_ONLY = [("Which shape has three corners?", "A triangle has three corners.")
              ("What is bigger, a large circle or a small circle?", "A large circle is bigger than a small one.")]
 
 
-def stage2_record(scene: Scene, image: str, rng: random.Random) -> dict:
-    """One instruction-tuning record of a random task kind about ``scene``."""
-    def turns(*pairs):
-        conv = []
-        for i, (q, a) in enumerate(pairs):
-            conv += [{"from": "human", "value": (IMAGE + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
-        return conv
+STAGE2_KINDS = ("detail", "conversation", "short", "choice", "pope", "text", "region")
 
-    kind = rng.choice(["detail", "conversation", "short", "choice", "pope", "text", "region", "text"])
+
+def task_pairs(kind: str, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """The (question, answer) pairs of one task kind about ``scene``, with the kind's response-format prompt."""
     if kind == "detail":
-        conv = turns(("Describe the image in detail.", description(scene)))
-    elif kind == "conversation":
+        return [("Describe the image in detail.", description(scene))]
+    if kind == "conversation":
         t = rng.choice(scene.things)
-        conv = turns(("What can you see in this picture?", caption(scene)),
-                     (f"Where is the {t.name}?", f"The {t.name} is at the {where(t, scene)} of the image."))
-    elif kind == "short":  # like VQAv2/GQA: several QAs of one image merged into one conversation
+        return [("What can you see in this picture?", caption(scene)),
+                (f"Where is the {t.name}?", f"The {t.name} is at the {where(t, scene)} of the image.")]
+    if kind == "short":  # like VQAv2/GQA
         kinds = rng.sample(["colour", "shape", "count"], k=rng.randint(1, 3))
-        conv = turns(*[(with_format_prompt(q, SHORT_ANSWER), a) for q, a in (short_qa(scene, rng, k) for k in kinds)])
-    elif kind == "choice":
+        return [(with_format_prompt(q, SHORT_ANSWER), a) for q, a in (short_qa(scene, rng, k) for k in kinds)]
+    if kind == "choice":
         q, a = choice_qa(scene, rng)
-        conv = turns((with_format_prompt(q, MULTIPLE_CHOICE), a))
-    elif kind == "pope":
-        conv = turns(*[(with_format_prompt(q, SHORT_ANSWER), a) for q, a in (pope_qa(scene, rng) for _ in range(2))])
-    elif kind == "text":
-        answer = scene.character or "none"
-        conv = turns((with_format_prompt("What character is printed in the image?", SHORT_ANSWER), answer))
-    else:
-        t = rng.choice(scene.things)
-        box = box_on_padded_square(t, scene)
-        conv = turns((with_format_prompt(box, REGION_TO_TEXT), f"A {t.size} {t.name}."),
-                     (with_format_prompt(f"The {t.name}.", TEXT_TO_REGION), box))
-    return {"id": f"scene{scene.seed}-{kind}", "image": image, "conversations": conv}
+        return [(with_format_prompt(q, MULTIPLE_CHOICE), a)]
+    if kind == "pope":
+        return [(with_format_prompt(q, SHORT_ANSWER), a) for q, a in (pope_qa(scene, rng) for _ in range(2))]
+    if kind == "text":
+        return [(with_format_prompt("What character is printed in the image?", SHORT_ANSWER),
+                 scene.character or "none")]
+    t = rng.choice(scene.things)  # region
+    box = box_on_padded_square(t, scene)
+    return [(with_format_prompt(box, REGION_TO_TEXT), f"A {t.size} {t.name}."),
+            (with_format_prompt(f"The {t.name}.", TEXT_TO_REGION), box)]
+
+
+def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image: int = 3) -> dict:
+    """One instruction-tuning record about ``scene``: the QA pairs of a few task kinds merged into one
+    multi-turn conversation, as LLaVA-1.5's mix merges the QA pairs of one image."""
+    kinds = rng.sample(STAGE2_KINDS, k=kinds_per_image)
+    pairs = [pair for kind in kinds for pair in task_pairs(kind, scene, rng)]
+    conv = []
+    for i, (q, a) in enumerate(pairs):
+        conv += [{"from": "human", "value": (IMAGE + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
+    return {"id": f"scene{scene.seed}-{'+'.join(kinds)}", "image": image, "conversations": conv}
 
 
 # ----------------------------------------------------------------------------- writing a world to disk

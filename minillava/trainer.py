@@ -67,7 +67,7 @@ class Recipe:
     num_workers: int = 0
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "Recipe":
+    def from_yaml(cls, path: str | Path, **overrides) -> Recipe:
         """Load a recipe; unknown keys are an error (a typo must not silently fall back to a default)."""
         values = yaml.safe_load(Path(path).read_text()) or {}
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -84,6 +84,8 @@ def set_trainable(model: MiniLlava, stage: int) -> list[torch.nn.Parameter]:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     model.requires_grad_(False)
     model.connector.requires_grad_(True)
+    if model.hd is not None:
+        model.hd.requires_grad_(True)  # the row-end embedding trains with the connector
     if stage == 2:
         model.lm.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
@@ -138,8 +140,9 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     if recipe.gradient_checkpointing:
         model.lm.gradient_checkpointing_enable()
 
+    prepare_image, pad_id = model.prepare_image, model.tokenizer.pad_token_id  # before accelerate wraps the model
     dataset = LlavaDataset(load_records(recipe.data), model.tokenizer, model.image_token_id,
-                           lambda image: model.prepare_image(image, recipe.preprocess),
+                           lambda image: prepare_image(image, recipe.preprocess),
                            image_folder=recipe.image_folder or None, template=recipe.template,
                            max_length=recipe.max_length, on_error=recipe.on_bad_record,
                            image_tokens_estimate=model.encoder.num_features)
@@ -148,9 +151,9 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
         if recipe.group_by_modality_length else None
     loader = DataLoader(dataset, batch_size=recipe.per_device_batch_size, sampler=sampler,
                         shuffle=sampler is None, num_workers=recipe.num_workers,
-                        collate_fn=lambda samples: collate(samples, model.tokenizer.pad_token_id))
+                        collate_fn=lambda samples: collate(samples, pad_id))
 
-    connector_ids = {id(p) for p in model.connector.parameters()}
+    connector_ids = {id(p) for m in (model.connector, model.hd) if m is not None for p in m.parameters()}
     groups = [{"params": [p for p in trainable if id(p) in connector_ids],
                "lr": recipe.connector_learning_rate or recipe.learning_rate},
               {"params": [p for p in trainable if id(p) not in connector_ids], "lr": recipe.learning_rate}]
@@ -186,7 +189,7 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
                 continue
             with accelerator.accumulate(model):
                 loss = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
-                             batch["labels"]).loss
+                             batch["labels"], image_sizes=batch["image_sizes"]).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(trainable, recipe.max_grad_norm)

@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
+from conftest import make_image
 from transformers import AutoProcessor, LlamaForCausalLM, LlavaForConditionalGeneration
 
 from minillava.convert import export_hf_llava, import_hf_llava, import_official_llava, load_official_projector
 from minillava.data import pad_batch
 from minillava.model import MiniLlava
 from minillava.prompts import tokenize_conversation
-
-from conftest import make_image
 
 
 def batch_with_padding_and_text_only_row(model, padding_side="right"):
@@ -85,8 +84,9 @@ def test_official_stage1_projector_file_loads(model, tmp_path):
 
 def test_official_full_checkpoint_imports(tokenizer, clip_dir, tmp_path):
     """A folder laid out like liuhaotian/llava-v1.5-7b: llava_llama config, LLM + projector keys, no <image>."""
-    from minillava.backbones import tiny_language_model
     from transformers import PreTrainedTokenizerFast
+
+    from minillava.backbones import tiny_language_model
 
     plain_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, unk_token="<unk>",
                                               bos_token="<s>", eos_token="</s>")

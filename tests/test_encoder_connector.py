@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import make_image
 from transformers import CLIPVisionModel, SiglipVisionModel
 
 from minillava.connector import build_connector, official_projector_state_dict
 from minillava.encoder import VisionEncoder, expand_to_square, mean_colour
-
-from conftest import make_image
 
 
 def test_feature_layer_is_penultimate_hidden_state_without_cls(clip_dir):
@@ -68,7 +67,7 @@ def test_connector_shapes_and_parameter_counts():
     assert build_connector("mlp2x_gelu", 16, 8)(x).shape == (2, 5, 8)
     assert build_connector("linear", 16, 8)(x).shape == (2, 5, 8)
     assert build_connector("identity", 16, 16)(x) is x
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(build_connector("mlp2x_gelu", 1024, 4096)) == 20_979_712  # LLaVA-1.5-7B
     assert count(build_connector("linear", 1024, 4096)) == 1024 * 4096 + 4096
     assert count(build_connector("mlp3x_gelu", 16, 8)) == 16 * 8 + 8 + 2 * (8 * 8 + 8)

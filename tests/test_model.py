@@ -3,12 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_image
 
 from minillava.data import pad_batch
 from minillava.model import MiniLlava
 from minillava.prompts import IGNORE_INDEX, tokenize_conversation
-
-from conftest import make_image
 
 
 def sample(model, question, answer=None, n_images=1):
@@ -68,10 +67,10 @@ def test_several_images_per_sample_fill_in_order(model):
     images = [make_image(32, 32, seed=1), make_image(32, 32, seed=2)]
     pixels = model.encoder.preprocess(images)
     embeds = model.embed(ids, pixels)
-    features = model.image_features(pixels)  # (2, 16, H)
+    features = model.image_features(pixels)  # (2 * 16, H): image 0's features, then image 1's
     positions = (ids[0] == model.image_token_id).nonzero().squeeze(1)
-    torch.testing.assert_close(embeds[0, positions[:16]], features[0])
-    torch.testing.assert_close(embeds[0, positions[16:]], features[1])
+    torch.testing.assert_close(embeds[0, positions[:16]], features[:16])
+    torch.testing.assert_close(embeds[0, positions[16:]], features[16:])
 
 
 def test_text_only_batch_keeps_connector_in_graph(model):

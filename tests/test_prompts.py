@@ -4,9 +4,19 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from minillava.prompts import (IGNORE_INDEX, IMAGE, SHORT_ANSWER, TEMPLATES, PromptError, SampleTooLong,
-                               build_segments, prepare_tokenizer, render, tokenize_conversation,
-                               with_format_prompt)
+from minillava.prompts import (
+    IGNORE_INDEX,
+    IMAGE,
+    SHORT_ANSWER,
+    TEMPLATES,
+    PromptError,
+    SampleTooLong,
+    build_segments,
+    prepare_tokenizer,
+    render,
+    tokenize_conversation,
+    with_format_prompt,
+)
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
           "detailed, and polite answers to the user's questions.")

@@ -6,8 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from minillava.data import (LlavaDataset, ModalityLengthGroupedSampler, RecordError, collate, load_records,
-                            records_from_hf_dataset)
+from minillava.data import (
+    LlavaDataset,
+    ModalityLengthGroupedSampler,
+    RecordError,
+    collate,
+    load_records,
+    records_from_hf_dataset,
+)
 from minillava.prompts import IGNORE_INDEX, IMAGE
 from minillava.toyworld import EVAL_TASKS, draw_scene, make_scene, write_world
 
@@ -34,7 +40,7 @@ def test_same_seed_same_world(world, tmp_path):
 
 def test_world_mirrors_the_llava_mix(world):
     stage2 = load_records(world / "stage2.json")
-    kinds = {r["id"].split("-")[-1] if "image" in r else "text-only" for r in stage2}
+    kinds = {k for r in stage2 for k in (r["id"].split("-")[-1].split("+") if "image" in r else ["text-only"])}
     assert {"detail", "conversation", "short", "choice", "pope", "text", "region"} <= kinds
     assert any("image" not in r for r in stage2)  # text-only conversations
     assert all(r["conversations"][0]["value"].startswith(IMAGE) for r in stage2 if "image" in r)
@@ -64,7 +70,8 @@ def bad_records(folder):
         {"id": "roles", "image": "ok.png", "conversations": good[::-1]},
         {"id": "no-marker", "image": "ok.png", "conversations": [{"from": "human", "value": "Q"}, good[1]]},
         {"id": "empty", "conversations": []},
-        {"id": "long", "image": "ok.png", "conversations": [good[0], {"from": "gpt", "value": "word " * 300}]},
+        # the image comes after a long first exchange: cutting at max_length would cut its block
+        {"id": "long", "image": "ok.png", "conversations": [{"from": "human", "value": "Q " * 60}, good[1], *good]},
     ]
 
 
@@ -143,7 +150,8 @@ def test_grouped_sampler_pads_less_than_random_batches():
 
 
 def test_records_from_hugging_face_datasets(model):
-    from datasets import Dataset, Features, Image as HFImageFeature, List, Value
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as HFImageFeature
 
     image = Image.new("RGB", (20, 10), (255, 0, 0))
     conversations = [[{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}],
@@ -156,5 +164,6 @@ def test_records_from_hugging_face_datasets(model):
     assert [r["id"] for r in records] == ["a", "b"] and "image" not in records[1]
     data = dataset(model, records, None)
     sample = data[0]
-    assert sample["pixel_values"].shape == (3, 32, 32) and data[1]["pixel_values"] is None
-    torch.testing.assert_close(sample["pixel_values"], model.prepare_image(image)[0])
+    assert sample["pixel_values"].shape == (1, 3, 32, 32) and data[1]["pixel_values"] is None
+    torch.testing.assert_close(sample["pixel_values"], model.prepare_image(image)["pixel_values"])
+    assert sample["image_size"] == (20, 10)

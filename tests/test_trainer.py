@@ -107,7 +107,7 @@ def test_two_processes_keep_replicas_equal_and_match_one_process(clip_dir, llm_d
     assert one.returncode == 0, one.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # replicas stay in sync
-    losses = lambda folder: [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").open()]  # noqa: E731
+    losses = lambda folder: [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").open()]
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=0.05)
 
 
