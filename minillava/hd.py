@@ -163,3 +163,39 @@ class HDGrid(nn.Module):
         if start != features.shape[0]:
             raise ValueError(f"got features of {features.shape[0]} cells but the image sizes need {start}")
         return out
+
+
+# ----------------------------------------------------------------------------- pictures for the notebooks
+
+
+def draw_grid(image: Image.Image, cell: int, patch: int, config: HDConfig | None = None, ax=None):
+    """Draw the image as the HD encoder sees it: resized into the chosen grid, cell borders, the padding
+    (hatched), the feature rows/columns kept, and the token count in the title. Returns the matplotlib axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    config = config or HDConfig()
+    image = to_rgb(image)
+    layout = feature_layout(image.width, image.height, cell, patch, config)
+    (cols, rows), (w, h) = layout["grid"], layout["fitted"]
+    ax = ax or plt.subplots(figsize=(4, 4))[1]
+    ax.imshow(image.resize((w, h), Image.BICUBIC), extent=(0, w, h, 0))
+    ax.add_patch(Rectangle((0, 0), cols * cell, rows * cell, fill=False, edgecolor="black", lw=1.5))
+    if w < cols * cell:
+        ax.add_patch(Rectangle((w, 0), cols * cell - w, rows * cell, hatch="//", fill=False, edgecolor="grey"))
+    if h < rows * cell:
+        ax.add_patch(Rectangle((0, h), w, rows * cell - h, hatch="//", fill=False, edgecolor="grey"))
+    for c in range(1, cols):
+        ax.axvline(c * cell, color="white", lw=2)
+    for r in range(1, rows):
+        ax.axhline(r * cell, color="white", lw=2)
+    kept = Rectangle((0, 0), layout["cols"] * patch, layout["rows"] * patch, fill=False, edgecolor="tab:red",
+                     lw=1, ls="--", label="features kept")
+    ax.add_patch(kept)
+    ax.set_xlim(0, cols * cell)
+    ax.set_ylim(rows * cell, 0)
+    ax.set_title(f"{image.width}x{image.height} -> {cols}x{rows} cells, {layout['tokens']} tokens")
+    ax.set_xlabel("x (pixels after resize)")
+    ax.set_ylabel("y (pixels after resize)")
+    ax.legend(loc="lower right", fontsize=7)
+    return ax
