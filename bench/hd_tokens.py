@@ -56,8 +56,8 @@ def main() -> None:
                      "tokens": layout["tokens"], "base_tokens": encoder.num_features,
                      "removed": layout["removed"],
                      "time_ratio": statistics.median(times["hd"]) / statistics.median(times["base"])})
-    print(f"| input | grid (cols x rows) | HD tokens | base tokens | padding features removed | "
-          f"HD encode time / base |\n|---|---|---|---|---|---|")
+    print("| input | grid (cols x rows) | HD tokens | base tokens | padding features removed | "
+          "HD encode time / base |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['grid']} | {r['tokens']} | {r['base_tokens']} | {r['removed']} | "
               f"{r['time_ratio']:.2f}x |")

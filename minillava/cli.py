@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("recipe", choices=["toy"])
     p.add_argument("--out", default="runs/toy", help="run folder (report, loss curves, model)")
     p.add_argument("--connector", default="mlp2x_gelu")
-    p.add_argument("--train-images", type=int, default=8000)
+    p.add_argument("--train-images", type=int, default=5000)
     p.add_argument("--eval-images", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="tiny budgets: checks the pipeline in seconds")

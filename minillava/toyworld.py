@@ -72,7 +72,8 @@ def make_scene(seed: int, n_things: int | None = None) -> Scene:
     """A random scene with ``n_things`` shapes (default: 1 to 3); the same seed gives the same scene."""
     rng = random.Random(seed)
     width, height = rng.choice(CANVAS_SIZES)
-    n = n_things or rng.randint(1, 3)  # distinct shapes and distinct colours: "the circle", "the red shape" are unambiguous
+    # distinct shapes and distinct colours, so "the circle" and "the red object" are unambiguous
+    n = n_things or rng.randint(1, 3)
     kinds = list(zip(rng.sample(SHAPES, k=n), rng.sample(list(COLOURS), k=n)))
     things: list[Thing] = []
     for shape, colour in kinds:

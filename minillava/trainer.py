@@ -91,13 +91,23 @@ def set_trainable(model: MiniLlava, stage: int) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def projector_state_dict(model: MiniLlava) -> dict[str, torch.Tensor]:
+    """What stage 1 trains and saves: the connector (``connector.*``) and, for HD, the row-end vector (``hd.*``)."""
+    modules = {"connector": model.connector, "hd": model.hd}
+    return {f"{name}.{k}": v.detach().contiguous() for name, module in modules.items() if module is not None
+            for k, v in module.state_dict().items()}
+
+
 def load_connector(model: MiniLlava, path: str | Path) -> None:
     """Start from a stage-1 connector: a run folder, its ``connector.safetensors``, or an official .bin."""
     path = Path(path)
     if path.is_dir():
         path = path / CONNECTOR_FILE
     if path.suffix == ".safetensors":
-        model.connector.load_state_dict(load_file(str(path)), strict=True)
+        state = load_file(str(path))
+        model.connector.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("connector.")})
+        if model.hd is not None:
+            model.hd.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("hd.")})
     else:
         from .convert import load_official_projector
 
@@ -106,12 +116,10 @@ def load_connector(model: MiniLlava, path: str | Path) -> None:
 
 def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
     """Loss (and learning rate) against optimizer step, saved as a PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label="training loss")
     ax.set(title=title, xlabel="optimizer step", ylabel="cross-entropy loss")
     lr_ax = ax.twinx()
@@ -119,7 +127,6 @@ def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
     lr_ax.set_ylabel("learning rate", color="tab:orange")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool = False,
@@ -235,8 +242,7 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
         unwrapped = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
             if recipe.stage == 1:
-                save_file({k: v.contiguous() for k, v in unwrapped.connector.state_dict().items()},
-                          str(output_dir / CONNECTOR_FILE))
+                save_file(projector_state_dict(unwrapped), str(output_dir / CONNECTOR_FILE))
             else:
                 unwrapped.save_pretrained(output_dir / "model")
     unwrapped = accelerator.unwrap_model(model)

@@ -36,7 +36,9 @@ def hd_model(clip_dir, llm_dir):
     return MiniLlava.from_backbones(str(clip_dir), str(llm_dir), hd=HDConfig()).eval()
 
 
-SIZES = [(32, 32), (64, 64), (96, 64), (64, 96), (143, 14), (14, 143), (33, 33), (2, 2), (571, 428)]
+# the grid-choice table's sizes, and the same shapes scaled to the tiny tower's 32-pixel cells
+SIZES = [(224, 224), (448, 448), (672, 448), (448, 672), (1000, 100), (100, 1000), (225, 225), (10, 10),
+         (4000, 3000), (32, 32), (64, 64), (96, 64), (64, 96), (143, 14), (14, 143), (33, 33), (2, 2), (571, 428)]
 
 
 @pytest.mark.parametrize("global_context", [True, False])

@@ -183,7 +183,8 @@ def test_truncation_never_cuts_an_image_block(tokenizer):
 def test_truncation_that_leaves_no_answer_is_dropped(tokenizer):
     image_id = prepare_tokenizer(tokenizer)
     c = conv("<image>\nQ", "A")
-    prompt_len = len(tokenize_conversation(conv("<image>\nQ"), tokenizer, image_id, 4, for_generation=True)["input_ids"])
+    prompt = tokenize_conversation(conv("<image>\nQ"), tokenizer, image_id, 4, for_generation=True)
+    prompt_len = len(prompt["input_ids"])
     with pytest.raises(SampleTooLong, match="no supervised token"):
         tokenize_conversation(c, tokenizer, image_id, 4, max_length=prompt_len)
 

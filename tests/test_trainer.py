@@ -46,8 +46,7 @@ def test_stage1_trains_only_the_connector(model, world, tmp_path):
     assert changed(before["connector"], model.connector) == set(before["connector"])
     assert (tmp_path / CONNECTOR_FILE).exists() and (tmp_path / "loss.png").exists()
     assert len(metrics) == 3 and all(m["loss"] > 0 for m in metrics)
-    fresh = MiniLlava.from_pretrained  # noqa: F841 (stage 2 starts from the saved connector)
-    saved = snapshot(model.connector)
+    saved = snapshot(model.connector)  # stage 2 starts from the saved connector
     with torch.no_grad():
         for p in model.connector.parameters():
             p.zero_()
@@ -122,3 +121,19 @@ def test_run_toy_fast_end_to_end(tmp_path, monkeypatch, capsys):
     assert set(results) == {"colour", "shape", "count", "choice", "pope", "text", "detail"}
     main(["chat", "--model", str(tmp_path / "run"), "--image", str(next((tmp_path / "cache").glob("world-*"))
           / "images" / "000000.png"), "--question", "What is it?", "--max-new-tokens", "3"])
+
+
+def test_hd_stage1_trains_and_saves_the_row_end_vector(clip_dir, llm_dir, world, tmp_path):
+    from minillava.hd import HDConfig
+
+    torch.manual_seed(0)
+    model = MiniLlava.from_backbones(str(clip_dir), str(llm_dir), hd=HDConfig())
+    row_end = model.hd.row_end.detach().clone()
+    lm = snapshot(model.lm)
+    train(recipe(world, 1, max_steps=2), model, tmp_path, progress=False)
+    assert not torch.equal(model.hd.row_end, row_end) and not changed(lm, model.lm)
+    trained = model.hd.row_end.detach().clone()
+    with torch.no_grad():
+        model.hd.row_end.zero_()
+    load_connector(model, tmp_path)
+    assert torch.equal(model.hd.row_end, trained)
