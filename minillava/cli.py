@@ -45,7 +45,7 @@ def run_toy(args: argparse.Namespace) -> None:
     load_connector(model, out / "stage1")
     train(stage2, model, out / "stage2")
     results = evaluate_toy(model, world, out, batch_size=64)
-    print(write_report(results, out))
+    print(write_report(results, out, world))
 
 
 def chat(args: argparse.Namespace) -> None:

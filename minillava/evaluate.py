@@ -171,14 +171,41 @@ def results_table(results: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def plot_examples(results: dict[str, dict], images: Path, path: Path) -> None:
+    """One example per task: the image, the question, the model's answer and the reference (a PNG)."""
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
+
+    tasks = [t for t in results if results[t]["examples"]]
+    fig = Figure(figsize=(2.6 * len(tasks), 3.6))
+    for i, (ax, task) in enumerate(zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks)):
+        examples = results[task]["examples"]
+        ex = examples[i % len(examples)]  # vary the images across tasks
+        with Image.open(images / ex["image"]) as im:
+            ax.imshow(im.convert("RGB"))
+        question = ex["question"].split("\n")[0]
+        ax.set_title(f"{task}: {question[:28]}", fontsize=8)
+        ax.set_xlabel(f"model: {ex['answer'][:30]}\nreference: {ex['reference'][:30]}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Held-out examples: one question per task, the model's answer and the reference")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
 def write_report(results: dict[str, dict], out: str | Path, world: str | Path | None = None) -> str:
-    """Write ``report.md`` (results table, loss curves, example answers) and ``results.json``; return the table."""
+    """Write ``report.md`` (results table, loss curves, example answers) and ``results.json``; return the table.
+
+    With ``world``, also ``examples.png``: example answers next to their images.
+    """
     out = Path(out)
     table = results_table(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     lines = ["# minillava toy run", "", "Held-out evaluation (greedy decoding, vicuna_v1, padded images).", "",
              table, "", "## Loss curves", "", "![stage 1](stage1/loss.png) ![stage 2](stage2/loss.png)", "",
              "## Example answers", ""]
+    if world is not None:
+        plot_examples(results, Path(world) / "images", out / "examples.png")
+        lines += ["![examples](examples.png)", ""]
     for task, r in results.items():
         for ex in r["examples"][:2]:
             question = ex["question"].replace("\n", " / ")

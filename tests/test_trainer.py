@@ -117,6 +117,7 @@ def test_run_toy_fast_end_to_end(tmp_path, monkeypatch, capsys):
     assert "| pope |" in table and "| text |" in table
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Held-out evaluation" in report and (tmp_path / "run" / "stage2" / "loss.png").exists()
+    assert (tmp_path / "run" / "examples.png").exists() and "examples.png" in report
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results) == {"colour", "shape", "count", "choice", "pope", "text", "detail"}
     main(["chat", "--model", str(tmp_path / "run"), "--image", str(next((tmp_path / "cache").glob("world-*"))
