@@ -16,7 +16,7 @@ def toy_recipes(world: Path, fast: bool = False) -> tuple[Recipe, Recipe]:
                     preprocess="crop", max_length=512, max_steps=150, per_device_batch_size=16,
                     learning_rate=1e-3, log_every=10)
     stage2 = Recipe(stage=2, data=str(world / "stage2.json"), image_folder=str(world / "images"),
-                    template="vicuna_v1", preprocess="pad", max_length=512, epochs=1, per_device_batch_size=16,
+                    template="vicuna_v1", preprocess="pad", max_length=512, epochs=1, per_device_batch_size=4,
                     learning_rate=3e-4, connector_learning_rate=1e-3, log_every=10)
     if fast:
         stage1.max_steps, stage2.max_steps, stage2.epochs = 4, 6, 1

@@ -36,6 +36,7 @@ SIZES = {"small": 13, "large": 22}  # half-width in pixels on a 128-pixel canvas
 CHARACTERS = "ABCDEFHKLMNPRTXZ2345679"  # glyphs that stay distinct in a tiny font
 CANVAS_SIZES = ((128, 128), (160, 128), (128, 160))  # (width, height): square, landscape, portrait
 NUMBER_WORDS = ["zero", "one", "two", "three"]
+WORLD_VERSION = 2  # bump when the generator changes, so cached worlds (and backbones built on them) are rebuilt
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def task_pairs(kind: str, scene: Scene, rng: random.Random) -> list[tuple[str, s
             (with_format_prompt(f"The {t.name}.", TEXT_TO_REGION), box)]
 
 
-def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image: int = 3) -> dict:
+def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image: int = 2) -> dict:
     """One instruction-tuning record about ``scene``: the QA pairs of a few task kinds merged into one
     multi-turn conversation, as LLaVA-1.5's mix merges the QA pairs of one image."""
     kinds = rng.sample(STAGE2_KINDS, k=kinds_per_image)
@@ -240,7 +241,8 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     ``eval/<task>_answers.jsonl`` and ``world.json`` (the arguments, so a different world is never reused).
     """
     folder = Path(folder)
-    spec = {"n_train": n_train, "n_eval": n_eval, "seed": seed, "text_only_share": text_only_share}
+    spec = {"version": WORLD_VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed,
+            "text_only_share": text_only_share}
     if (folder / "world.json").exists() and json.loads((folder / "world.json").read_text()) == spec:
         return folder
     (folder / "images").mkdir(parents=True, exist_ok=True)
