@@ -102,7 +102,8 @@ def import_hf_llava(folder: str | Path, dtype: torch.dtype | None = None) -> Min
     select = "patch" if cfg.vision_feature_select_strategy == "default" or not has_cls else "full"
     encoder = VisionEncoder(tower, image_processor, feature_layer=cfg.vision_feature_layer, select=select)
 
-    lm = AutoModelForCausalLM.from_config(cfg.text_config, **kwargs)
+    with torch.device("meta"):  # an empty shell: its two children are replaced by the loaded modules below
+        lm = AutoModelForCausalLM.from_config(cfg.text_config, **kwargs)
     lm.model, lm.lm_head = hf.model.language_model, hf.lm_head  # reuse the loaded modules, no copy
     tokenizer = processor.tokenizer
     if tokenizer.convert_tokens_to_ids(IMAGE) != cfg.image_token_id:

@@ -78,23 +78,26 @@ class Recipe:
         return cls(**values)
 
 
+def projector_modules(model: MiniLlava) -> dict[str, torch.nn.Module]:
+    """What stage 1 trains and saves: the connector and, for HD, the row-end vector (``hd``)."""
+    return {name: m for name, m in (("connector", model.connector), ("hd", model.hd)) if m is not None}
+
+
 def set_trainable(model: MiniLlava, stage: int) -> list[torch.nn.Parameter]:
-    """Freeze what the stage does not train; returns the trainable parameters (connector first)."""
+    """Freeze what the stage does not train; returns the trainable parameters."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     model.requires_grad_(False)
-    model.connector.requires_grad_(True)
-    if model.hd is not None:
-        model.hd.requires_grad_(True)  # the row-end embedding trains with the connector
+    for module in projector_modules(model).values():
+        module.requires_grad_(True)
     if stage == 2:
         model.lm.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
 
 def projector_state_dict(model: MiniLlava) -> dict[str, torch.Tensor]:
-    """What stage 1 trains and saves: the connector (``connector.*``) and, for HD, the row-end vector (``hd.*``)."""
-    modules = {"connector": model.connector, "hd": model.hd}
-    return {f"{name}.{k}": v.detach().contiguous() for name, module in modules.items() if module is not None
+    """The stage-1 weights keyed ``connector.*`` and ``hd.*`` (what ``connector.safetensors`` holds)."""
+    return {f"{name}.{k}": v.detach().contiguous() for name, module in projector_modules(model).items()
             for k, v in module.state_dict().items()}
 
 
@@ -105,9 +108,9 @@ def load_connector(model: MiniLlava, path: str | Path) -> None:
         path = path / CONNECTOR_FILE
     if path.suffix == ".safetensors":
         state = load_file(str(path))
-        model.connector.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("connector.")})
-        if model.hd is not None:
-            model.hd.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("hd.")})
+        for name, module in projector_modules(model).items():
+            prefix = f"{name}."
+            module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
     else:
         from .convert import load_official_projector
 
@@ -160,7 +163,7 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
                         shuffle=sampler is None, num_workers=recipe.num_workers,
                         collate_fn=lambda samples: collate(samples, pad_id))
 
-    connector_ids = {id(p) for m in (model.connector, model.hd) if m is not None for p in m.parameters()}
+    connector_ids = {id(p) for m in projector_modules(model).values() for p in m.parameters()}
     groups = [{"params": [p for p in trainable if id(p) in connector_ids],
                "lr": recipe.connector_learning_rate or recipe.learning_rate},
               {"params": [p for p in trainable if id(p) not in connector_ids], "lr": recipe.learning_rate}]
@@ -180,6 +183,9 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+        # metrics.jsonl grows line by line (nothing lost on a crash); a resumed run starts from the checkpoint's
+        with open(output_dir / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in metrics)
 
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc=f"stage {recipe.stage}",
@@ -218,6 +224,9 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
                                 "lr": scheduler.get_last_lr()[-1], "grad_norm": round(float(grad_norm), 4),
                                 "tokens_per_s": round(tokens * accelerator.num_processes / elapsed, 1)})
                 bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{metrics[-1]['tokens_per_s']:.0f}")
+                if accelerator.is_main_process:
+                    with open(output_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(metrics[-1]) + "\n")
                 last_time, tokens, losses = time.perf_counter(), 0, []
             bar.update(1)
             if recipe.save_every and step % recipe.save_every == 0 and step < total_steps:
@@ -231,20 +240,17 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     bar.close()
 
     if accelerator.is_main_process:
-        with open(output_dir / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(m) + "\n" for m in metrics)
         if metrics:
             plot_losses(metrics, output_dir / "loss.png", f"Stage {recipe.stage} training loss")
         if dataset.summary():
             print(f"{recipe.data}: {dataset.summary()}")
+    unwrapped = accelerator.unwrap_model(model)
     if step >= total_steps:
         accelerator.wait_for_everyone()
-        unwrapped = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
             if recipe.stage == 1:
                 save_file(projector_state_dict(unwrapped), str(output_dir / CONNECTOR_FILE))
             else:
                 unwrapped.save_pretrained(output_dir / "model")
-    unwrapped = accelerator.unwrap_model(model)
     unwrapped.eval()
     return metrics
