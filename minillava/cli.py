@@ -52,13 +52,29 @@ def chat(args: argparse.Namespace) -> None:
     """Answer one question about one image with a trained model folder."""
     from PIL import Image
 
-    folder = Path(args.model)
-    if (folder / "stage2" / "model").exists():  # a run folder
-        folder = folder / "stage2" / "model"
-    model = MiniLlava.from_pretrained(folder).eval()
+    from .convert import load_any
+
+    model = load_any(args.model).eval()
     image = Image.open(args.image).convert("RGB") if args.image else None
     print(model.answer([image], [args.question], max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature)[0])
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """Answer a benchmark's question file and, given annotations, print its scores."""
+    import json
+
+    from .convert import load_any
+    from .evaluate import run_benchmark
+
+    model = load_any(args.model).eval()
+    answers = args.answers or str(Path(args.questions).with_suffix("")) + "_answers.jsonl"
+    scores = run_benchmark(model, args.benchmark, args.questions, args.image_folder, answers, args.annotations,
+                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                           model_id=Path(args.model).name)
+    print(f"answers: {answers}")
+    if scores is not None:
+        print(json.dumps(scores, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,6 +98,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.set_defaults(func=chat)
+
+    from .evaluate import BENCHMARKS
+
+    p = commands.add_parser("eval", help="answer a benchmark question file (LLaVA JSONL layout) and score it",
+                            description="Greedy answers with vicuna_v1 and padded images, as LLaVA-1.5's "
+                            "evaluation; the benchmark's response-format prompt is appended if missing.")
+    p.add_argument("--model", required=True, help="a run folder, MiniLlava folder, llava-hf or official checkpoint")
+    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS),
+                   help="; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()))
+    p.add_argument("--questions", required=True, help="JSONL: question_id, image, text[, category]")
+    p.add_argument("--image-folder", help="folder the questions' image paths are relative to")
+    p.add_argument("--annotations", help="JSON/JSONL with question_id and answer/answers/label (omit: answer only)")
+    p.add_argument("--answers", help="where to write the answers JSONL (default: next to the questions)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.set_defaults(func=evaluate)
 
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging

@@ -177,3 +177,21 @@ def import_official_llava(folder: str | Path, vision: str | None = None,
     model = MiniLlava(config, encoder, lm, tokenizer)
     model.connector.load_state_dict(projector, strict=True)
     return model.to(dtype) if dtype is not None else model
+
+
+def load_any(path: str | Path, dtype: torch.dtype | None = None) -> MiniLlava:
+    """Load whatever LLaVA folder ``path`` is: a ``minillava run`` folder, a MiniLlava folder, a transformers
+    Llava folder (llava-hf) or an official LLaVA-1.5 checkpoint; a clear error otherwise."""
+    folder = Path(path)
+    if (folder / "stage2" / "model").is_dir():  # a run folder: its final model
+        folder = folder / "stage2" / "model"
+    if (folder / "minillava_config.json").exists():
+        return MiniLlava.from_pretrained(folder, dtype=dtype)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{path}: neither a minillava run or model folder nor a checkpoint with config.json")
+    raw = json.loads((folder / "config.json").read_text())
+    if raw.get("model_type") == "llava":
+        return import_hf_llava(folder, dtype=dtype)
+    if "mm_projector_type" in raw or "mm_hidden_size" in raw:
+        return import_official_llava(folder, dtype=dtype)
+    raise ValueError(f"{folder}/config.json (model_type {raw.get('model_type')!r}) is not a LLaVA checkpoint")

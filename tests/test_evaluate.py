@@ -1,0 +1,144 @@
+"""Scorers against hand-computed cases, and the benchmark runner's answer file and scores."""
+
+import json
+
+import pytest
+from conftest import make_image
+
+from minillava.evaluate import (
+    choice_letter,
+    exact_match,
+    load_annotations,
+    mme_label,
+    mme_scores,
+    multiple_choice_accuracy,
+    normalize_vqa,
+    pope_label,
+    pope_scores,
+    read_jsonl,
+    run_benchmark,
+    score_benchmark,
+    vqa_accuracy,
+    with_benchmark_prompt,
+)
+from minillava.prompts import SHORT_ANSWER
+
+
+@pytest.mark.parametrize("raw, normal", [
+    ("Two", "2"), ("a dog.", "dog"), ("The Dog", "dog"), ("dont", "don't"), ("yes!", "yes"),
+    ("1,000", "1000"), ("2.5", "2.5"), ("red, white", "red white"), ("black/white", "black white"),
+    ("  ten\n", "10"), ("none", "0")])
+def test_vqa_normalisation(raw, normal):
+    assert normalize_vqa(raw) == normal
+
+
+def test_vqa_accuracy_leave_one_out():
+    # 3 of 10 humans said "2": 7 subsets keep all 3 (score 1), 3 subsets keep 2 (score 2/3) -> 0.9
+    humans = ["2", "2", "2"] + ["3"] * 7
+    assert vqa_accuracy("Two", humans) == pytest.approx(0.9)
+    assert vqa_accuracy("three", humans) == pytest.approx(1.0)
+    # 1 of 10: 9 subsets keep it (1/3 each), 1 subset doesn't -> 0.3
+    assert vqa_accuracy("cat", ["cat"] + ["dog"] * 9) == pytest.approx(0.3)
+    assert vqa_accuracy("a dog.", ["dog"] * 10) == pytest.approx(1.0)
+    assert vqa_accuracy("bird", ["dog"] * 10) == 0.0
+    with pytest.raises(ValueError):
+        vqa_accuracy("dog", [])
+
+
+def test_gqa_exact_match():
+    assert exact_match(["Dog.", "cat", "a dog"], ["dog", "Cat", "dog"]) == pytest.approx(2 / 3)
+
+
+def test_pope_parsing_and_scores():
+    assert pope_label("No, there is not.") == "no"
+    assert pope_label("Yes.") == "yes"
+    assert pope_label("There is not a dog.") == "no"
+    assert pope_label("Yes. No dog though.") == "yes"  # only the text before the first '.'
+    assert pope_label("Nope") == "yes"  # the official rule looks for the words No/not/no only
+    preds = ["Yes.", "No, there is not.", "yes", "no"]
+    gold = ["yes", "no", "no", "yes"]
+    s = pope_scores(preds, gold)
+    # tp=1 (first), fp=1 (third), fn=1 (fourth), tn=1
+    assert s["accuracy"] == 0.5 and s["precision"] == 0.5 and s["recall"] == 0.5 and s["f1"] == 0.5
+    assert s["yes_ratio"] == 0.5
+
+
+def test_multiple_choice_letter():
+    assert choice_letter("C") == "C"
+    assert choice_letter("B. red") == "B"
+    assert choice_letter("The answer is C.") == "C"
+    assert choice_letter("Red") is None
+    assert choice_letter("A bird") is None  # the article "A" is not the letter A
+    assert multiple_choice_accuracy(["The answer is C.", "B", "I think A"], ["C", "A", "A"]) == pytest.approx(1 / 3)
+
+
+def test_mme_accuracy_plus():
+    assert mme_label("Yes, it is.") == "yes" and mme_label("no") == "no" and mme_label("maybe") == "other"
+    # image a: both right; image b: one of two right; task "count" only
+    s = mme_scores(["Yes", "No", "yes", "yes"], ["yes", "no", "yes", "no"], ["a", "a", "b", "b"], ["count"] * 4)
+    assert s["count"]["accuracy"] == 0.75 and s["count"]["accuracy_plus"] == 0.5
+    assert s["count"]["score"] == pytest.approx(125.0) and s["total"] == pytest.approx(125.0)
+
+
+def test_load_annotations_layouts(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"question_id": 1, "answer": "dog"}\n{"question_id": 2, "label": "no"}\n')
+    assert load_annotations(tmp_path / "a.jsonl") == {"1": "dog", "2": "no"}
+    vqa = {"annotations": [{"question_id": 7, "answers": [{"answer": "2"}, {"answer": "two"}]}]}
+    (tmp_path / "v.json").write_text(json.dumps(vqa))
+    assert load_annotations(tmp_path / "v.json") == {"7": ["2", "two"]}
+    (tmp_path / "bad.jsonl").write_text('{"question_id": 1}\n')
+    with pytest.raises(ValueError, match="row 0"):
+        load_annotations(tmp_path / "bad.jsonl")
+
+
+def test_benchmark_prompt_is_appended_once():
+    assert with_benchmark_prompt("Is there a dog?", "pope") == f"Is there a dog?\n{SHORT_ANSWER}"
+    assert with_benchmark_prompt(f"Is there a dog?\n{SHORT_ANSWER}", "pope") == f"Is there a dog?\n{SHORT_ANSWER}"
+    assert with_benchmark_prompt("Describe it.", "long") == "Describe it."
+
+
+def test_runner_round_trip_and_scores_equal_the_scorer(model, tmp_path):
+    (tmp_path / "images").mkdir()
+    questions, annotations = [], []
+    for i in range(5):
+        make_image(40 + 8 * i, 32, seed=i).save(tmp_path / "images" / f"{i}.png")
+        questions.append({"question_id": f"q{i}", "image": f"{i}.png", "text": "Is there a dog?",
+                          "category": "random" if i < 3 else "popular"})
+        annotations.append({"question_id": f"q{i}", "label": "yes" if i % 2 else "no"})
+    q_file, a_file = tmp_path / "pope.jsonl", tmp_path / "pope_annotations.jsonl"
+    q_file.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    a_file.write_text("".join(json.dumps(a) + "\n" for a in annotations))
+    out = tmp_path / "answers.jsonl"
+    scores = run_benchmark(model, "pope", q_file, tmp_path / "images", out, a_file, batch_size=2,
+                           max_new_tokens=3, progress=False)
+    answers = read_jsonl(out)
+    assert [a["question_id"] for a in answers] == [q["question_id"] for q in questions]
+    assert all(a["prompt"].endswith(SHORT_ANSWER) and {"text", "answer_id", "model_id"} <= a.keys()
+               for a in answers)
+    expected = pope_scores([a["text"] for a in answers], [a["label"] for a in annotations])
+    assert {k: scores[k] for k in expected} == expected
+    assert set(scores) >= {"random", "popular"}
+    assert json.loads(out.with_suffix(".scores.json").read_text()) == scores
+    assert score_benchmark("pope", questions, answers, load_annotations(a_file)) == scores
+
+
+def test_runner_names_the_bad_line(model, tmp_path):
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "text": "hi"}\n{"text": "no id"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        run_benchmark(model, "gqa", tmp_path / "q.jsonl", None, tmp_path / "a.jsonl", progress=False)
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        run_benchmark(model, "vqa2", tmp_path / "q.jsonl", None, tmp_path / "a.jsonl", progress=False)
+
+
+def test_eval_command_scores_a_saved_model(model, tmp_path, capsys):
+    from minillava.cli import main
+
+    model.save_pretrained(tmp_path / "model")
+    make_image(48, 40).save(tmp_path / "a.png")
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "image": "a.png", "text": "What colour?"}\n')
+    (tmp_path / "gold.jsonl").write_text('{"question_id": 1, "answers": ["red", "red", "red"]}\n')
+    main(["eval", "--model", str(tmp_path / "model"), "--benchmark", "vqa", "--questions", str(tmp_path / "q.jsonl"),
+          "--image-folder", str(tmp_path), "--annotations", str(tmp_path / "gold.jsonl"), "--max-new-tokens", "2"])
+    answer = read_jsonl(tmp_path / "q_answers.jsonl")[0]["text"]
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):]) == {"accuracy": vqa_accuracy(answer, ["red"] * 3), "n": 1}
