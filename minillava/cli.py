@@ -77,6 +77,18 @@ def evaluate(args: argparse.Namespace) -> None:
         print(json.dumps(scores, indent=2))
 
 
+def ablate(args: argparse.Namespace) -> None:
+    """The paper's ablations at toy scale (see ablate.py)."""
+    from .ablate import Budget, ablate, claims_table
+
+    budget = Budget.quick() if args.quick else Budget()
+    if args.seeds:
+        budget.seeds = list(range(args.seeds))
+    results = ablate(args.out, budget, args.groups.split(",") if args.groups else None)
+    print(claims_table(results))
+    print(f"report: {Path(args.out) / 'ablation.md'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="minillava", description="A small, exact, teachable LLaVA-1.5.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.set_defaults(func=evaluate)
+
+    p = commands.add_parser("ablate", help="the paper's ablations at toy scale (connector, format prompts, HD)")
+    p.add_argument("--out", default="runs/ablate")
+    p.add_argument("--quick", action="store_true", help="one seed, a few steps (minutes)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 3, --quick 1)")
+    p.add_argument("--groups", help="comma-separated subset of: connector,format,resolution")
+    p.set_defaults(func=ablate)
 
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging

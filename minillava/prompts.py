@@ -90,6 +90,16 @@ def with_format_prompt(question: str, format_prompt: str) -> str:
     return f"{question}\n{format_prompt}"
 
 
+# The prompts that only ask for a form of answer (the paper's "response format prompts"); the region prompts are
+# left out: without them a bare box would not say what is asked.
+FORMAT_PROMPTS = (SHORT_ANSWER, MULTIPLE_CHOICE, SHORT_CAPTION, UNANSWERABLE, MULTIPLE_CHOICE_CN)
+
+
+def strip_format_prompts(text: str) -> str:
+    """Remove every response-format prompt line from a question (the ablation "without format prompts")."""
+    return "\n".join(line for line in text.split("\n") if line.strip() not in FORMAT_PROMPTS)
+
+
 def _check_turns(conversation: Sequence[dict], for_generation: bool) -> None:
     """Roles must alternate human, gpt, human, ...; training ends on an answer, generation on a question."""
     if not conversation:

@@ -36,7 +36,7 @@ SIZES = {"small": 13, "large": 22}  # half-width in pixels on a 128-pixel canvas
 CHARACTERS = "ABCDEFHKLMNPRTXZ2345679"  # glyphs that stay distinct in a tiny font
 CANVAS_SIZES = ((128, 128), (160, 128), (128, 160))  # (width, height): square, landscape, portrait
 NUMBER_WORDS = ["zero", "one", "two", "three"]
-WORLD_VERSION = 2  # bump when the generator changes, so cached worlds (and backbones built on them) are rebuilt
+WORLD_VERSION = 3  # bump when the generator changes, so cached worlds (and backbones built on them) are rebuilt
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,9 @@ def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image:
 
 # ----------------------------------------------------------------------------- writing a world to disk
 
-EVAL_TASKS = ("colour", "shape", "count", "choice", "pope", "text", "detail")
+# "where" asks the conversation question "Where is the red circle?" with the short-answer prompt, a pairing
+# never seen in training: does the format instruction transfer to a new kind of question? (paper, Sec. 3.2)
+EVAL_TASKS = ("colour", "shape", "count", "choice", "pope", "text", "detail", "where")
 
 
 def eval_questions(scene: Scene, image: str, rng: random.Random) -> list[dict]:
@@ -229,6 +231,8 @@ def eval_questions(scene: Scene, image: str, rng: random.Random) -> list[dict]:
     out.append(("pope", q, SHORT_ANSWER, a))
     out.append(("text", "What character is printed in the image?", SHORT_ANSWER, scene.character or "none"))
     out.append(("detail", "Describe the image in detail.", None, description(scene)))
+    t = rng.choice(scene.things)
+    out.append(("where", f"Where is the {t.name}?", SHORT_ANSWER, where(t, scene)))
     return [{"question_id": f"scene{scene.seed}-{task}", "image": image, "category": task,
              "text": with_format_prompt(q, fmt) if fmt else q, "answer": a} for task, q, fmt, a in out]
 

@@ -1,0 +1,247 @@
+"""The paper's ablations (LLaVA-1.5, Table 2 and Sec. 3) at toy scale, each variant trained on the same budget.
+
+Every variant runs the whole toy recipe (stage 1, stage 2, held-out evaluation) from the same toy world and the
+same pretrained toy backbones, over several seeds; only one thing changes per variant:
+
+- **connector**: ``linear`` (LLaVA) vs ``mlp2x_gelu`` (LLaVA-1.5);
+- **format prompts**: stage-2 data with the response-format prompts vs the same data with them removed (the
+  answers unchanged) - does one model then give short answers when asked and long ones otherwise?
+- **resolution**: the base encoder (one 64-pixel view) vs the HD grid vs the HD grid + global context - can it
+  read the tiny printed character, does it hallucinate less?
+- **composition** (measured on every variant): "Where is the red circle?" with the short-answer prompt, a
+  pairing never seen in training (the conversations ask it with long answers) - does the format transfer?
+
+Whatever the numbers say is the result; ``claims_table`` compares each with the direction the paper reports.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .evaluate import evaluate_toy
+from .hd import HDConfig
+from .model import MiniLlava
+from .prompts import strip_format_prompts
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training setup; everything not named here is the toy recipe's default."""
+
+    name: str
+    connector: str = "mlp2x_gelu"
+    format_prompts: bool = True
+    hd: HDConfig | None = None
+
+    def key(self) -> str:  # variants that train the same model share one run
+        return json.dumps([self.connector, self.format_prompts, asdict(self.hd) if self.hd else None])
+
+
+BASELINE = Variant("mlp2x_gelu, format prompts, base")
+GROUPS = {
+    "connector": [replace(BASELINE, name="linear", connector="linear"), replace(BASELINE, name="mlp2x_gelu")],
+    "format": [replace(BASELINE, name="without format prompts", format_prompts=False),
+               replace(BASELINE, name="with format prompts")],
+    "resolution": [replace(BASELINE, name="base (1 view)"),
+                   replace(BASELINE, name="HD grid", hd=HDConfig(max_cells=4, global_context=False)),
+                   replace(BASELINE, name="HD grid + global", hd=HDConfig(max_cells=4))],
+}
+
+
+@dataclass
+class Budget:
+    """What each variant gets: the same for all of them."""
+
+    train_images: int = 2000
+    eval_images: int = 100
+    stage1_steps: int = 100
+    stage2_steps: int = 500
+    stage2_batch_size: int = 4
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    backbone_steps: int = 0  # > 0: pretrain the toy backbones for this many steps (quick runs); 0: the defaults
+
+    @classmethod
+    def quick(cls) -> Budget:
+        """One seed, few steps: checks the whole ablation end to end in minutes (tests, notebooks). Too small
+        for its numbers to mean much."""
+        return cls(train_images=300, eval_images=30, stage1_steps=20, stage2_steps=60, seeds=[0])
+
+
+# the numbers the report compares (results[task][metric]); "overall" is the mean accuracy of the short tasks
+SHORT_TASKS = ("colour", "shape", "count", "choice", "pope")
+
+
+def summarise(results: dict[str, dict]) -> dict[str, float]:
+    """The headline numbers of one evaluated run (fractions, except ``detail words``)."""
+    main = {t: results[t].get("f1", results[t].get("accuracy")) for t in SHORT_TASKS}
+    return {**{t: main[t] for t in SHORT_TASKS},
+            "overall": sum(main.values()) / len(main),
+            "text": results["text"]["accuracy"],
+            "pope F1": results["pope"]["f1"],
+            "short answers (short prompts)": statistics.mean(results[t]["short_share"]
+                                                             for t in ("colour", "shape", "count", "pope")),
+            "detail words": results["detail"]["mean_words"],
+            "detail word F1": results["detail"]["word_f1"],
+            "where+prompt short": results["where"]["short_share"],
+            "where+prompt accuracy": results["where"]["accuracy"]}
+
+
+def run_variant(variant: Variant, world: Path, vision_dir: Path, llm_dir: Path, seed: int, budget: Budget,
+                out: Path) -> dict[str, float]:
+    """Train one variant (stage 1 + stage 2) with one seed and evaluate it; returns ``summarise`` of it."""
+    from .cli import toy_recipes  # the toy recipe, shrunk to the budget
+    from .trainer import load_connector, train
+
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=variant.connector, hd=variant.hd)
+    stage1, stage2 = toy_recipes(world)
+    stage1.max_steps, stage1.seed = budget.stage1_steps, seed
+    stage2.max_steps, stage2.seed, stage2.per_device_batch_size = budget.stage2_steps, seed, budget.stage2_batch_size
+    if not variant.format_prompts:  # same records, same answers; the questions lose their format prompts
+        records = json.loads(Path(stage2.data).read_text())
+        for record in records:
+            for turn in record["conversations"]:
+                if turn["from"] == "human":
+                    turn["value"] = strip_format_prompts(turn["value"])
+        stage2.data = str(out / "stage2_without_format_prompts.json")
+        Path(stage2.data).write_text(json.dumps(records))
+    train(stage1, model, out / "stage1", progress=False)
+    load_connector(model, out / "stage1")
+    train(stage2, model, out / "stage2", progress=False)
+    summary = summarise(evaluate_toy(model.eval(), world, out, progress=False))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | None = None,
+           progress: bool = True) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """Run every variant of ``groups`` (default: all) for every seed; write ``ablation.md``, ``ablation.json``
+    and ``ablation.png`` under ``out``; return ``{group: {variant name: [summary per seed]}}``."""
+    from tqdm.auto import tqdm
+
+    from .backbones import BackboneSpec, cache_dir, toy_backbones
+    from .toyworld import write_world
+
+    budget, out = budget or Budget(), Path(out)
+    groups = groups or list(GROUPS)
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown ablation group(s) {unknown}; choose from {sorted(GROUPS)}")
+    world = write_world(cache_dir() / f"world-{budget.train_images}-{budget.eval_images}-0", budget.train_images,
+                        budget.eval_images, 0, progress=progress)
+    spec = BackboneSpec(vision_steps=budget.backbone_steps, lm_steps=budget.backbone_steps) \
+        if budget.backbone_steps else BackboneSpec()
+    vision_dir, llm_dir = toy_backbones(world, spec, progress=progress)
+    runs: dict[str, dict[int, dict[str, float]]] = {}  # variant key -> seed -> summary (shared across groups)
+    todo = {v.key(): v for g in groups for v in GROUPS[g]}
+    with tqdm(total=len(todo) * len(budget.seeds), desc="ablation runs", disable=not progress) as bar:
+        for i, (key, variant) in enumerate(todo.items()):
+            for seed in budget.seeds:
+                runs.setdefault(key, {})[seed] = run_variant(variant, world, vision_dir, llm_dir, seed, budget,
+                                                             out / "runs" / f"variant{i}-seed{seed}")
+                bar.update()
+    results = {g: {v.name: [runs[v.key()][s] for s in budget.seeds] for v in GROUPS[g]} for g in groups}
+    (out / "ablation.json").write_text(json.dumps({"budget": asdict(budget), "results": results}, indent=2))
+    (out / "ablation.md").write_text(report(results, budget))
+    plot_ablation(results, out / "ablation.png")
+    return results
+
+
+# ----------------------------------------------------------------------------- reporting
+
+COLUMNS = {  # group -> the metrics its table shows
+    "connector": ["overall", "colour", "shape", "count", "choice", "pope F1", "detail word F1"],
+    "format": ["overall", "short answers (short prompts)", "detail words", "where+prompt short",
+               "where+prompt accuracy"],
+    "resolution": ["text", "pope F1", "overall"],
+}
+
+# (group, better variant, worse variant, metric, what the paper reports)
+CLAIMS = [
+    ("connector", "mlp2x_gelu", "linear", "overall",
+     "MLP connector > linear (Table 2: +MLP, MME 1323.8 -> 1355.2, GQA 46.8 -> 47.3)"),
+    ("format", "with format prompts", "without format prompts", "short answers (short prompts)",
+     "format prompts make short prompts get short answers (Sec. 3.2)"),
+    ("format", "with format prompts", "without format prompts", "detail words",
+     "...while long questions keep long answers (one model does both)"),
+    ("format", "with format prompts", "without format prompts", "where+prompt short",
+     "the format instruction transfers to a question kind never trained with it (Sec. 3.2)"),
+    ("resolution", "HD grid", "base (1 view)", "text", "higher resolution reads small detail (TextVQA, Table 2/4)"),
+    ("resolution", "HD grid", "base (1 view)", "pope F1", "higher resolution hallucinates less (POPE, Sec. 3.4)"),
+    ("resolution", "HD grid + global", "HD grid", "overall", "global context helps the HD grid (App. A.1)"),
+]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(metric: str, values: list[float]) -> str:
+    mean, std = _mean_std(values)
+    if metric == "detail words":
+        return f"{mean:.1f} ± {std:.1f}"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def claims_table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
+    """Each paper claim next to what the toy runs say: reproduced if the difference of the means is larger than
+    its standard error, contradicted if it is that large the other way, else unclear."""
+    rows = ["| claim (paper) | metric | better | worse | toy result |", "|---|---|---|---|---|"]
+    for group, good, bad, metric, text in CLAIMS:
+        if group not in results:
+            continue
+        a = [r[metric] for r in results[group][good]]
+        b = [r[metric] for r in results[group][bad]]
+        diff = statistics.mean(a) - statistics.mean(b)
+        noise = ((_mean_std(a)[1] ** 2 / len(a) + _mean_std(b)[1] ** 2 / len(b)) ** 0.5) if len(a) > 1 else 0.0
+        verdict = "reproduced" if diff > noise else "contradicted" if diff < -noise else "unclear"
+        if len(a) == 1:
+            verdict += " (1 seed)"
+        rows.append(f"| {text} | {metric} | {good}: {_fmt(metric, a)} | {bad}: {_fmt(metric, b)} | {verdict} |")
+    return "\n".join(rows)
+
+
+def report(results: dict[str, dict[str, list[dict[str, float]]]], budget: Budget) -> str:
+    """The markdown report: one table per group (mean ± std over seeds, in %), then the claims."""
+    lines = ["# minillava ablations (toy scale)", "",
+             f"Each variant: stage 1 {budget.stage1_steps} steps, stage 2 {budget.stage2_steps} steps of "
+             f"{budget.stage2_batch_size}, {budget.train_images} training images, {budget.eval_images} held-out "
+             f"images, seeds {budget.seeds}. Mean ± std over seeds; percentages except 'detail words'.", ""]
+    for group, variants in results.items():
+        columns = COLUMNS[group]
+        lines += [f"## {group}", "", "| variant | " + " | ".join(columns) + " |",
+                  "|---" * (len(columns) + 1) + "|"]
+        for name, runs in variants.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(c, [r[c] for r in runs]) for c in columns) + " |")
+        lines.append("")
+    lines += ["## The paper's claims at toy scale", "", claims_table(results), "", "![ablation](ablation.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_ablation(results: dict[str, dict[str, list[dict[str, float]]]], path: Path) -> None:
+    """One bar chart per group: each variant's headline metrics, mean with std error bars."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * len(results), 4))
+    for ax, (group, variants) in zip(fig.subplots(1, len(results), squeeze=False)[0], results.items()):
+        metrics = [c for c in COLUMNS[group] if c != "detail words"][:4]
+        width = 0.8 / len(variants)
+        for i, (name, runs) in enumerate(variants.items()):
+            stats = [_mean_std([100 * r[m] for r in runs]) for m in metrics]
+            ax.bar([j + i * width for j in range(len(metrics))], [s[0] for s in stats], width,
+                   yerr=[s[1] for s in stats], label=name, capsize=2)
+        ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(metrics))])
+        ax.set_xticklabels([m.replace(" (short prompts)", "").replace("+prompt ", "+prompt\n") for m in metrics],
+                           fontsize=7)
+        ax.set_ylabel("% (mean ± std over seeds)")
+        ax.set_ylim(0, 105)
+        ax.set_title(f"Ablation: {group}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)

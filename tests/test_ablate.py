@@ -1,0 +1,55 @@
+"""`minillava ablate`: format-prompt stripping, the claims logic, and a whole ablation on a tiny budget."""
+
+import json
+
+import pytest
+
+from minillava.ablate import GROUPS, Budget, ablate, claims_table
+from minillava.prompts import MULTIPLE_CHOICE, REGION_TO_TEXT, SHORT_ANSWER, strip_format_prompts, with_format_prompt
+
+
+def test_strip_format_prompts_keeps_the_question_and_region_prompts():
+    assert strip_format_prompts(with_format_prompt("<image>\nWhat colour?", SHORT_ANSWER)) == "<image>\nWhat colour?"
+    q = "What colour?\nA. red\nB. blue"
+    assert strip_format_prompts(with_format_prompt(q, MULTIPLE_CHOICE)) == q
+    assert strip_format_prompts(with_format_prompt("[0.1, 0.2, 0.3, 0.4]", REGION_TO_TEXT)).endswith(REGION_TO_TEXT)
+
+
+def _runs(values):
+    return [{"overall": v} for v in values]
+
+
+def test_claims_verdicts():
+    results = {"connector": {"mlp2x_gelu": _runs([0.8, 0.82, 0.81]), "linear": _runs([0.5, 0.52, 0.51])}}
+    assert "| reproduced |" in claims_table(results)
+    results["connector"]["linear"] = _runs([0.9, 0.92, 0.91])
+    assert "| contradicted |" in claims_table(results)
+    results["connector"]["linear"] = _runs([0.7, 0.9, 0.8])  # within the noise
+    assert "| unclear |" in claims_table(results)
+
+
+def test_ablation_end_to_end_on_a_tiny_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
+    budget = Budget(train_images=24, eval_images=3, stage1_steps=2, stage2_steps=3, stage2_batch_size=2,
+                    seeds=[0], backbone_steps=2)
+    results = ablate(tmp_path / "out", budget, progress=False)
+    assert set(results) == set(GROUPS)
+    for group, variants in results.items():
+        assert list(variants) == [v.name for v in GROUPS[group]]
+        assert all(len(runs) == 1 and 0 <= runs[0]["overall"] <= 1 for runs in variants.values())
+    # the baseline is trained once and shared by the groups it appears in
+    assert results["connector"]["mlp2x_gelu"] == results["format"]["with format prompts"]
+    assert len(list((tmp_path / "out" / "runs").iterdir())) == 5
+    # the variant without format prompts trained on data without them, answers unchanged
+    stripped = next((tmp_path / "out" / "runs").glob("*/stage2_without_format_prompts.json"))
+    text = stripped.read_text()
+    assert SHORT_ANSWER not in text and MULTIPLE_CHOICE not in text
+    report = (tmp_path / "out" / "ablation.md").read_text()
+    assert "## resolution" in report and "The paper's claims" in report
+    assert (tmp_path / "out" / "ablation.png").stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "ablation.json").read_text())["results"] == results
+
+
+def test_unknown_group_is_named(tmp_path):
+    with pytest.raises(ValueError, match="resolutoin"):
+        ablate(tmp_path, Budget(seeds=[0]), groups=["resolutoin"])
