@@ -196,6 +196,24 @@ def toy_backbones(world: str | Path, spec: BackboneSpec | None = None, progress:
     return vision_dir, llm_dir
 
 
+def toy_setup(train_images: int = 5000, eval_images: int = 100, seed: int = 0, fast: bool = False,
+              progress: bool = True) -> tuple[Path, Path, Path]:
+    """The toy world and its pretrained backbones, built once and then reused from the cache.
+
+    Returns ``(world, vision_dir, llm_dir)``. ``fast``: 200 training images and backbones pretrained for a few
+    steps only - for checking the pipeline, not for results.
+    """
+    from .toyworld import write_world
+
+    if fast:
+        train_images, eval_images = 200, 8
+    world = write_world(cache_dir() / f"world-{train_images}-{eval_images}-{seed}", train_images, eval_images, seed,
+                        progress=progress)
+    spec = BackboneSpec(vision_steps=5, lm_steps=5) if fast else BackboneSpec()
+    vision_dir, llm_dir = toy_backbones(world, spec, progress=progress)
+    return world, vision_dir, llm_dir
+
+
 def _template_text() -> list[str]:
     """The fixed strings of the prompts, so the tokenizer has compact tokens for them."""
     from .prompts import MULTIPLE_CHOICE, REGION_TO_TEXT, SHORT_ANSWER, TEMPLATES, TEXT_TO_REGION

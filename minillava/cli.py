@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from .model import MiniLlava
 from .trainer import Recipe, load_connector, train
 
@@ -23,21 +25,34 @@ def toy_recipes(world: Path, fast: bool = False) -> tuple[Recipe, Recipe]:
     return stage1, stage2
 
 
+def toy_llava(fast: bool = False, progress: bool = True) -> tuple[MiniLlava, Path, Path]:
+    """A trained toy LLaVA (the toy recipe's two stages), trained once and then loaded from the cache.
+
+    Returns ``(model, world, run_folder)``; the notebooks use it so that each can start from a trained model.
+    """
+    from .backbones import cache_dir, toy_setup
+
+    world, vision_dir, llm_dir = toy_setup(fast=fast, progress=progress)
+    run = cache_dir() / f"toy-llava-{vision_dir.parent.name}{'-fast' if fast else ''}"
+    if not (run / "stage2" / "model" / "model.safetensors").exists():
+        torch.manual_seed(0)
+        model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir))
+        stage1, stage2 = toy_recipes(world, fast)
+        train(stage1, model, run / "stage1", progress=progress)
+        load_connector(model, run / "stage1")
+        train(stage2, model, run / "stage2", progress=progress)
+    return MiniLlava.from_pretrained(run / "stage2" / "model").eval(), world, run
+
+
 def run_toy(args: argparse.Namespace) -> None:
     """The main job: toy world -> backbones -> stage 1 -> stage 2 -> evaluation -> report."""
-    import torch
-
-    from .backbones import BackboneSpec, cache_dir, toy_backbones
+    from .backbones import toy_setup
     from .evaluate import evaluate_toy, write_report
-    from .toyworld import write_world
 
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    n_train, n_eval = (200, 8) if args.fast else (args.train_images, args.eval_images)
-    world = write_world(cache_dir() / f"world-{n_train}-{n_eval}-{args.seed}", n_train, n_eval, args.seed)
-    spec = BackboneSpec(vision_steps=5, lm_steps=5) if args.fast else BackboneSpec()
-    vision_dir, llm_dir = toy_backbones(world, spec)
+    world, vision_dir, llm_dir = toy_setup(args.train_images, args.eval_images, args.seed, fast=args.fast)
     print(f"backbones: {vision_dir.parent}")
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=args.connector)
     stage1, stage2 = toy_recipes(world, args.fast)
