@@ -63,6 +63,30 @@ def run_toy(args: argparse.Namespace) -> None:
     print(write_report(results, out, world))
 
 
+def train_command(args: argparse.Namespace) -> None:
+    """One training stage from a recipe YAML, with any vision tower and LM (hub names or local folders)."""
+    import yaml
+
+    from .hd import HDConfig
+
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    recipe = Recipe.from_yaml(args.recipe, **overrides)
+    if recipe.stage == 2 and not args.stage1 and not args.resume:
+        raise SystemExit("stage 2 starts from the stage-1 connector: pass --stage1 <stage-1 output folder>")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
+    model = MiniLlava.from_backbones(args.vision, args.llm, connector=args.connector,
+                                     hd=HDConfig() if args.hd else None, dtype=dtype,
+                                     attn_implementation=args.attn_implementation)
+    if args.stage1:
+        load_connector(model, args.stage1)
+    train(recipe, model, args.out, resume=args.resume)
+
+
 def chat(args: argparse.Namespace) -> None:
     """Answer one question about one image with a trained model folder."""
     from PIL import Image
@@ -117,6 +141,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="tiny budgets: checks the pipeline in seconds")
     p.set_defaults(func=run_toy)
+
+    p = commands.add_parser("train", help="run one training stage from a recipe (configs/recipes/*.yaml)",
+                            description="Stage 1 saves the connector (connector.safetensors); stage 2 starts from "
+                            "it (--stage1) and saves the whole model (OUT/model). Multi-GPU: run it under "
+                            "`accelerate launch --config_file ... -m minillava.cli train ...`.")
+    p.add_argument("recipe", help="a recipe YAML, e.g. configs/recipes/llava15-7b-stage1.yaml")
+    p.add_argument("--vision", required=True,
+                   help="vision tower: hub name or folder (openai/clip-vit-large-patch14-336)")
+    p.add_argument("--llm", required=True, help="language model: hub name or folder (lmsys/vicuna-7b-v1.5)")
+    p.add_argument("--connector", default="mlp2x_gelu")
+    p.add_argument("--hd", action="store_true", help="LLaVA-1.5-HD: the grid encoder with the global view")
+    p.add_argument("--stage1", help="stage 2: the stage-1 output folder whose connector to start from")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, loss curve, result)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="weights' dtype when loading (mixed precision is the recipe's mixed_precision)")
+    p.add_argument("--attn-implementation", default=None, help="sdpa (default), eager or flash_attention_2")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+    p.set_defaults(func=train_command)
 
     p = commands.add_parser("chat", help="answer a question about an image")
     p.add_argument("--model", required=True, help="a run folder or a MiniLlava model folder")

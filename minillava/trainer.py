@@ -71,10 +71,13 @@ class Recipe:
         """Load a recipe; unknown keys are an error (a typo must not silently fall back to a default)."""
         values = yaml.safe_load(Path(path).read_text()) or {}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{path}: unknown recipe field(s) {unknown}; known: {sorted(known)}")
+        for key, value in values.items():  # YAML reads a bare `no` as False: `mixed_precision: no` means "no"
+            if known[key] == "str" and isinstance(value, bool):
+                values[key] = "yes" if value else "no"
         return cls(**values)
 
 

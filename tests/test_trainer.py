@@ -78,6 +78,8 @@ def test_resume_after_interruption_gives_the_same_losses(clip_dir, llm_dir, worl
 def test_recipe_yaml_and_unknown_fields(tmp_path):
     (tmp_path / "r.yaml").write_text("stage: 1\nlearning_rate: 0.001\n")
     assert Recipe.from_yaml(tmp_path / "r.yaml").learning_rate == 1e-3
+    (tmp_path / "no.yaml").write_text("stage: 1\nmixed_precision: no\n")
+    assert Recipe.from_yaml(tmp_path / "no.yaml").mixed_precision == "no"  # not False
     (tmp_path / "bad.yaml").write_text("stage: 1\nlearnig_rate: 0.001\n")
     with pytest.raises(ValueError, match="learnig_rate"):
         Recipe.from_yaml(tmp_path / "bad.yaml")
@@ -138,3 +140,35 @@ def test_hd_stage1_trains_and_saves_the_row_end_vector(clip_dir, llm_dir, world,
         model.hd.row_end.zero_()
     load_connector(model, tmp_path)
     assert torch.equal(model.hd.row_end, trained)
+
+
+PAPER_RECIPES = {"llava15-7b-stage1": (1, 1e-3, 256, "plain"), "llava15-7b-stage2": (2, 2e-5, 128, "vicuna_v1"),
+                 "llava15-13b-stage1": (1, 1e-3, 256, "plain"), "llava15-13b-stage2": (2, 2e-5, 128, "vicuna_v1")}
+
+
+@pytest.mark.parametrize("name", PAPER_RECIPES)
+def test_paper_recipes_hold_the_reference_numbers(name):
+    r = Recipe.from_yaml(ROOT / "configs" / "recipes" / f"{name}.yaml")
+    stage, lr, global_batch, template = PAPER_RECIPES[name]
+    assert (r.stage, r.learning_rate, r.template, r.warmup_ratio, r.weight_decay) == (stage, lr, template, 0.03, 0.0)
+    assert r.per_device_batch_size * r.gradient_accumulation_steps * 8 == global_batch  # on 8 GPUs
+    assert r.preprocess == ("crop" if stage == 1 else "pad") and r.epochs == 1 and r.mixed_precision == "bf16"
+
+
+def test_train_command_runs_both_stages(clip_dir, llm_dir, world, tmp_path):
+    common = ["--vision", str(clip_dir), "--llm", str(llm_dir), "--set", f"image_folder={world / 'images'}",
+              "--set", "max_steps=2", "--set", "per_device_batch_size=2", "--set", "mixed_precision=no",
+              "--set", "gradient_checkpointing=false", "--set", "num_workers=0", "--set", "max_length=512"]
+    recipes = ROOT / "configs" / "recipes"
+    main(["train", str(recipes / "llava15-7b-stage1.yaml"), "--out", str(tmp_path / "s1"),
+          "--set", f"data={world / 'stage1.json'}", *common])
+    assert (tmp_path / "s1" / CONNECTOR_FILE).exists()
+    with pytest.raises(SystemExit, match="--stage1"):
+        main(["train", str(recipes / "llava15-7b-stage2.yaml"), "--out", str(tmp_path / "s2"), *common])
+    main(["train", str(recipes / "llava15-7b-stage2.yaml"), "--out", str(tmp_path / "s2"), "--stage1",
+          str(tmp_path / "s1"), "--set", f"data={world / 'stage2.json'}", *common])
+    model = MiniLlava.from_pretrained(tmp_path / "s2" / "model")
+    assert model.config.sources["vision"] == str(clip_dir)
+    with pytest.raises(SystemExit, match="key=value"):
+        main(["train", str(recipes / "llava15-7b-stage1.yaml"), "--out", str(tmp_path / "x"), "--set", "oops",
+              "--vision", str(clip_dir), "--llm", str(llm_dir)])
