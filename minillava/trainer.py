@@ -10,7 +10,7 @@ LLaVA-1.5 trains in two stages with the same loop and a different recipe:
 
 The vision tower is frozen in both. One ``Recipe`` (a dataclass, loadable from YAML under ``configs/recipes``)
 says which; ``train(recipe, model)`` runs it. The same code runs the toy recipe on a laptop CPU and the full
-recipe on 8 GPUs: ``accelerate launch --config_file configs/accelerate/<...>.yaml -m minillava train ...``.
+recipe on 8 GPUs: ``accelerate launch --config_file <config> -m minillava.cli train ...``.
 
 Global batch = per-device batch x gradient accumulation x processes (the paper: 256 in stage 1, 128 in stage 2).
 """
@@ -65,6 +65,7 @@ class Recipe:
     save_every: int = 0  # optimizer steps between resumable checkpoints; 0: only at the end
     log_every: int = 10
     num_workers: int = 0
+    peak_flops: float = 0.0  # one device's peak FLOP/s for the MFU column; 0: measure a matmul at the start
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> Recipe:
@@ -135,6 +136,61 @@ def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+# ----------------------------------------------------------------------------- model FLOPs utilisation (MFU)
+
+
+def matmul_weights(module: torch.nn.Module) -> int:
+    """Weights that multiply activations (Linear and the patch-embedding Conv2d): each costs 2 FLOPs per token."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d))
+
+
+def step_flops(model: MiniLlava, batch: dict, stage: int) -> float:
+    """Model FLOPs of one training step on ``batch``: forward + backward, the numerator of MFU.
+
+    Per token, a weight costs 2 FLOPs forward; backward costs 2 more for the input gradient (whenever something
+    before it trains) and 2 more for its own gradient (when it trains). So: 6 N for what trains, 4 N for frozen
+    layers the gradient passes through (the LM in stage 1), 2 N for the frozen vision tower. Attention adds
+    4 d T per token and layer forward (scores and weighted sum over T positions, as in PaLM's MFU), with the
+    same multiplier. Counted on the real (unpadded) tokens; embedding lookups are free.
+    """
+    lm_cfg, tower_cfg = model.lm.config, model.encoder.tower.config
+    tokens = int(batch["attention_mask"].sum())
+    length = batch["input_ids"].shape[1]
+    lm = (6 if stage == 2 else 4) * tokens * (matmul_weights(model.lm)
+                                             + 4 * lm_cfg.num_hidden_layers * lm_cfg.hidden_size * length)
+    image_tokens = int((batch["input_ids"] == model.image_token_id).sum())
+    connector = 6 * image_tokens * matmul_weights(model.connector)
+    vision = 0.0
+    if batch.get("pixel_values") is not None:
+        views = batch["pixel_values"].shape[0]  # images (or HD cells)
+        per_view = model.encoder.num_patches + int(model.encoder.has_cls)
+        vision = 2 * views * per_view * (matmul_weights(model.encoder.tower)
+                                         + 4 * tower_cfg.num_hidden_layers * tower_cfg.hidden_size * per_view)
+    return float(lm + connector + vision)
+
+
+_PEAK: dict[tuple[str, torch.dtype], float] = {}
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """The best FLOP/s of a square matmul on ``device``: the denominator of MFU (measured once per process)."""
+    key = (str(device), dtype)
+    if key not in _PEAK:
+        n = 1024 if device.type == "cpu" else 8192
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        best = float("inf")
+        for _ in range(6):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        _PEAK[key] = 2 * n**3 / best
+    return _PEAK[key]
+
+
 def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool = False,
           progress: bool = True, stop_after: int | None = None) -> list[dict]:
     """Run one stage of ``recipe`` on ``model`` and write its outputs to ``output_dir``.
@@ -193,7 +249,10 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc=f"stage {recipe.stage}",
                disable=not (progress and accelerator.is_local_main_process))
-    last_time, tokens, losses = time.perf_counter(), 0, []
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.mixed_precision, torch.float32)
+    peak = recipe.peak_flops or measure_peak_flops(accelerator.device, compute_dtype)
+    unwrapped_model = accelerator.unwrap_model(model)
+    last_time, tokens, flops, losses = time.perf_counter(), 0, 0.0, []
     while step < total_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         if sampler is not None:
@@ -213,6 +272,7 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
                 optimizer.zero_grad()
             losses.append(loss.detach())
             tokens += int(batch["attention_mask"].sum())
+            flops += step_flops(unwrapped_model, batch, recipe.stage)
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -225,12 +285,14 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
                                              "or use bf16 rather than fp16")
                 metrics.append({"step": step, "epoch": epoch, "loss": round(mean_loss, 5),
                                 "lr": scheduler.get_last_lr()[-1], "grad_norm": round(float(grad_norm), 4),
-                                "tokens_per_s": round(tokens * accelerator.num_processes / elapsed, 1)})
-                bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{metrics[-1]['tokens_per_s']:.0f}")
+                                "tokens_per_s": round(tokens * accelerator.num_processes / elapsed, 1),
+                                "mfu": round(flops / elapsed / peak, 4)})  # this process's FLOPs / its peak
+                bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{metrics[-1]['tokens_per_s']:.0f}",
+                                mfu=f"{metrics[-1]['mfu']:.1%}")
                 if accelerator.is_main_process:
                     with open(output_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(metrics[-1]) + "\n")
-                last_time, tokens, losses = time.perf_counter(), 0, []
+                last_time, tokens, flops, losses = time.perf_counter(), 0, 0.0, []
             bar.update(1)
             if recipe.save_every and step % recipe.save_every == 0 and step < total_steps:
                 accelerator.save_state(str(checkpoint))

@@ -172,3 +172,30 @@ def test_train_command_runs_both_stages(clip_dir, llm_dir, world, tmp_path):
     with pytest.raises(SystemExit, match="key=value"):
         main(["train", str(recipes / "llava15-7b-stage1.yaml"), "--out", str(tmp_path / "x"), "--set", "oops",
               "--vision", str(clip_dir), "--llm", str(llm_dir)])
+
+
+def test_step_flops_by_hand(model, world):
+    from minillava.data import pad_batch
+    from minillava.prompts import tokenize_conversation
+    from minillava.trainer import matmul_weights, step_flops
+
+    lm, d, layers = model.lm.config, model.lm.config.hidden_size, model.lm.config.num_hidden_layers
+    # Llama: q, k, v, o (4 d^2) + gate, up, down (3 d * intermediate) per layer, + the LM head (V d)
+    assert matmul_weights(model.lm) == layers * (4 * d * d + 3 * d * lm.intermediate_size) + lm.vocab_size * d
+    conv = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A red circle."}]
+    s = tokenize_conversation(conv, model.tokenizer, model.image_token_id, [model.encoder.num_features])
+    batch = pad_batch([s], model.tokenizer.pad_token_id)
+    batch["pixel_values"] = torch.zeros(1, 3, 32, 32)
+    T = len(s["input_ids"])
+    v = model.encoder.tower.config
+    per_view = model.encoder.num_patches + 1
+    vision = 2 * per_view * (matmul_weights(model.encoder.tower) + 4 * v.num_hidden_layers * v.hidden_size * per_view)
+    connector = 6 * model.encoder.num_features * matmul_weights(model.connector)
+    lm_per_token = matmul_weights(model.lm) + 4 * layers * d * T
+    assert step_flops(model, batch, 2) == pytest.approx(6 * T * lm_per_token + connector + vision)
+    assert step_flops(model, batch, 1) == pytest.approx(4 * T * lm_per_token + connector + vision)
+
+
+def test_metrics_report_mfu(model, world, tmp_path):
+    metrics = train(recipe(world, 1, max_steps=2, log_every=1), model, tmp_path / "s1", progress=False)
+    assert all(0 < m["mfu"] < 1 for m in metrics)
