@@ -213,7 +213,8 @@ class MiniLlava(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, max_new_tokens: int = 128,
-                 temperature: float = 0.0, top_p: float | None = None, image_sizes=None) -> torch.Tensor:
+                 temperature: float = 0.0, top_p: float | None = None, image_sizes=None,
+                 use_cache: bool = True) -> torch.Tensor:
         """Batched generation with the LM's KV cache; returns only the new tokens (B, <= max_new_tokens).
 
         Rows must be left-padded (``pad_batch(..., padding_side="left")``). ``temperature=0`` is greedy
@@ -228,7 +229,7 @@ class MiniLlava(nn.Module):
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling,
                                   temperature=temperature if sampling else None, top_p=top_p if sampling else None,
                                   eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-                                  bos_token_id=self.tokenizer.bos_token_id)
+                                  bos_token_id=self.tokenizer.bos_token_id, use_cache=use_cache)
         # Given only inputs_embeds, transformers' generate returns only the new tokens.
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config)
 

@@ -20,3 +20,39 @@ def test_toy_run_bench_runs():
                             timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "min wall, peak RSS" in result.stdout
+
+
+def run_bench(script, *args, tmp_path):
+    import os
+
+    env = dict(os.environ, MINILLAVA_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                            timeout=600, check=False, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_train_step_runs(tmp_path):
+    out = run_bench("train_step.py", "--size", "toy", "--repeats", "1", tmp_path=tmp_path)
+    assert "minillava / transformers step time" in out and "| transformers |" in out
+
+
+def test_generate_runs(tmp_path):
+    out = run_bench("generate.py", "--size", "toy", "--repeats", "1", "--new-tokens", "3", "--batches", "1,2",
+                    tmp_path=tmp_path)
+    assert "| 2 | no |" in out and "| True |" in out  # same tokens as transformers
+
+
+def test_padding_runs(tmp_path):
+    out = run_bench("padding.py", "--fast", "--batch-sizes", "4", tmp_path=tmp_path)
+    assert "| 4 |" in out
+
+
+def test_stage1_runs(tmp_path):
+    out = run_bench("stage1.py", "--size", "toy", "--repeats", "1", tmp_path=tmp_path)
+    assert "| stage 1, cached vision features |" in out
+
+
+def test_mfu_runs(tmp_path):
+    out = run_bench("mfu.py", "--fast", tmp_path=tmp_path)
+    assert "| small |" in out and "MFU" in out
