@@ -87,6 +87,24 @@ def train_command(args: argparse.Namespace) -> None:
     train(recipe, model, args.out, resume=args.resume)
 
 
+def data_check(args: argparse.Namespace) -> None:
+    """Report invalid records and missing/corrupt images of a LLaVA data file; exit 1 if there are any."""
+    from .data import check_data
+
+    report = check_data(args.data, args.images, decode=args.decode)
+    print(f"{args.data}: {report['records']} records ({report['image_records']} with an image, "
+          f"{report['text_only']} text-only)")
+    if not report["problems"]:
+        print("no problems found")
+        return
+    for reason, count in sorted(report["problems"].items()):
+        print(f"{count} x {reason}, e.g.:")
+        for message in report["examples"][reason]:
+            print(f"    {message}")
+    print("fix them, or train with `--set on_bad_record=skip` to skip (and count) such records")
+    raise SystemExit(1)
+
+
 def chat(args: argparse.Namespace) -> None:
     """Answer one question about one image with a trained model folder."""
     from PIL import Image
@@ -160,6 +178,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attn-implementation", default=None, help="sdpa (default), eager or flash_attention_2")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (repeatable)")
     p.set_defaults(func=train_command)
+
+    p = commands.add_parser("data", help="data tools: `minillava data check DATA.json --images DIR`")
+    data_commands = p.add_subparsers(dest="data_command", required=True)
+    p = data_commands.add_parser("check", help="find invalid records and missing or corrupt images before training")
+    p.add_argument("data", help="LLaVA JSON (list of records) or JSONL")
+    p.add_argument("--images", help="the image folder the records' paths are relative to")
+    p.add_argument("--decode", action="store_true", help="fully decode every image (slow; finds truncated files)")
+    p.set_defaults(func=data_check)
 
     p = commands.add_parser("chat", help="answer a question about an image")
     p.add_argument("--model", required=True, help="a run folder or a MiniLlava model folder")

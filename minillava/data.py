@@ -287,3 +287,40 @@ def records_from_hf_dataset(dataset, image_column: str = "image", conversations_
             record["image"] = HFImage(dataset, image_column, index)
         records.append(record)
     return records
+
+
+def check_data(data: str | Path, image_folder: str | Path | None, decode: bool = False,
+               progress: bool = True) -> dict:
+    """Validate every record of a LLaVA data file before a long run starts (``minillava data check``).
+
+    Runs ``check_record`` on each record (structure, roles, image markers, missing images) and opens every image:
+    ``Image.verify()`` (fast: headers and structure), or with ``decode=True`` a full decode (slow, also finds
+    truncated files). Returns counts and, per problem, the first few messages naming the records.
+    """
+    from tqdm.auto import tqdm
+
+    records = load_records(data)
+    folder = Path(image_folder) if image_folder is not None else None
+    problems: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    n_image = 0
+    for i, record in enumerate(tqdm(records, desc=f"checking {Path(data).name}", disable=not progress)):
+        try:
+            check_record(record, i, folder)
+            if isinstance(record.get("image"), str):
+                n_image += 1
+                path = folder / record["image"]
+                try:
+                    with Image.open(path) as im:
+                        im.load() if decode else im.verify()
+                except Exception as e:  # PIL raises many kinds for broken files
+                    raise RecordError(f"record {record_id(record, i)}: image file {path} cannot be read "
+                                      f"({type(e).__name__}: {e})", "corrupt image") from e
+        except RecordError as e:
+            problems[e.reason] += 1
+            examples.setdefault(e.reason, [])
+            if len(examples[e.reason]) < 5:
+                examples[e.reason].append(str(e))
+    return {"records": len(records), "image_records": n_image,
+            "text_only": sum(isinstance(r, dict) and "image" not in r for r in records),
+            "problems": dict(problems), "examples": examples}
