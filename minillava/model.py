@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
@@ -106,13 +106,25 @@ class MiniLlava(nn.Module):
         model = cls(config, encoder, lm, tokenizer)
         return model.to(dtype) if dtype is not None else model
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write config JSON, weights (safetensors), tokenizer and image processor to ``folder``."""
+    def save_pretrained(self, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write config JSON, weights (safetensors), tokenizer and image processor to ``folder``.
+
+        ``state_dict``: the weights to write instead of this module's own - under DeepSpeed ZeRO-3 or FSDP the
+        module holds only shards, and the trainer passes the gathered ``accelerator.get_state_dict(model)``.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.text_config = self.lm.config.to_dict()  # the vocabulary may have grown
         (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
-        save_model(self, str(folder / WEIGHTS_NAME))  # tied weights (lm_head = embeddings) are stored once
+        if state_dict is None:
+            save_model(self, str(folder / WEIGHTS_NAME))  # tied weights (lm_head = embeddings) are stored once
+        else:
+            seen, tensors = set(), {}
+            for key, value in state_dict.items():  # safetensors refuses tensors sharing memory: copy repeats
+                value = value.detach().to("cpu").contiguous()
+                tensors[key] = value.clone() if value.data_ptr() in seen else value
+                seen.add(value.data_ptr())
+            save_file(tensors, str(folder / WEIGHTS_NAME))
         self.tokenizer.save_pretrained(folder)
         self.encoder.image_processor.save_pretrained(folder)
 

@@ -312,10 +312,12 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     unwrapped = accelerator.unwrap_model(model)
     if step >= total_steps:
         accelerator.wait_for_everyone()
+        state = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards: every process must call it
         if accelerator.is_main_process:
             if recipe.stage == 1:
-                save_file(projector_state_dict(unwrapped), str(output_dir / CONNECTOR_FILE))
+                save_file({k: state[k].detach().contiguous() for k in projector_state_dict(unwrapped)},
+                          str(output_dir / CONNECTOR_FILE))
             else:
-                unwrapped.save_pretrained(output_dir / "model")
+                unwrapped.save_pretrained(output_dir / "model", state_dict=state)
     unwrapped.eval()
     return metrics

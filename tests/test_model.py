@@ -138,3 +138,16 @@ def test_save_and_load_round_trip(model, tmp_path):
     assert loaded.image_token_id == model.image_token_id and len(loaded.tokenizer) == len(model.tokenizer)
     with pytest.raises(FileNotFoundError, match="MiniLlava folder"):
         MiniLlava.from_pretrained(tmp_path / "nothing")
+
+
+def test_save_with_a_gathered_state_dict(model, tmp_path):
+    """The trainer saves ZeRO-3/FSDP models from ``accelerator.get_state_dict``: an explicit state dict whose
+    tensors may share memory (tied embeddings) must round-trip too."""
+    s = sample(model, "What is it?", "A circle.")
+    ids, pixels = torch.tensor([s["input_ids"]]), model.encoder.preprocess([make_image(32, 32)])
+    state = {k: v * 1 for k, v in model.state_dict().items()}  # copies, as a gather gives
+    state["lm.lm_head.weight"] = state["lm.model.embed_tokens.weight"]  # shared memory, as tied weights are
+    model.lm.lm_head.weight.data.copy_(model.lm.model.embed_tokens.weight.data)
+    model.save_pretrained(tmp_path, state_dict=state)
+    loaded = MiniLlava.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(ids, pixels).logits, model(ids, pixels).logits)
