@@ -105,6 +105,16 @@ def data_check(args: argparse.Namespace) -> None:
     raise SystemExit(1)
 
 
+def plan_command(args: argparse.Namespace) -> None:
+    """Parameters, memory per GPU and time of one stage (no weights loaded)."""
+    from .plan import format_plan, plan
+
+    recipe = Recipe.from_yaml(args.recipe)
+    p = plan(recipe, args.llm, args.vision, args.connector, args.gpus, args.gpu_memory, args.strategy,
+             gpu_flops=args.gpu_tflops * 1e12, mfu=args.mfu)
+    print(format_plan(p, recipe, args.gpus, args.gpu_memory, args.strategy, args.mfu))
+
+
 def chat(args: argparse.Namespace) -> None:
     """Answer one question about one image with a trained model folder."""
     from PIL import Image
@@ -186,6 +196,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", help="the image folder the records' paths are relative to")
     p.add_argument("--decode", action="store_true", help="fully decode every image (slow; finds truncated files)")
     p.set_defaults(func=data_check)
+
+    from .plan import LLMS, STRATEGIES, VISION
+
+    p = commands.add_parser("plan", help="parameters, memory per GPU and time of a recipe, before a long run")
+    p.add_argument("--recipe", required=True, help="e.g. configs/recipes/llava15-7b-stage2.yaml")
+    p.add_argument("--llm", default="lmsys/vicuna-7b-v1.5", choices=sorted(LLMS))
+    p.add_argument("--vision", default="openai/clip-vit-large-patch14-336", choices=sorted(VISION))
+    p.add_argument("--connector", default="mlp2x_gelu")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpu-memory", type=float, default=80, help="GB per GPU")
+    p.add_argument("--gpu-tflops", type=float, default=312, help="dense bf16 peak per GPU (A100: 312)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="zero3")
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    p.set_defaults(func=plan_command)
 
     p = commands.add_parser("chat", help="answer a question about an image")
     p.add_argument("--model", required=True, help="a run folder or a MiniLlava model folder")
