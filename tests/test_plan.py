@@ -28,7 +28,8 @@ def test_llama_count_matches_transformers(name):
 def test_clip_count_matches_transformers():
     s = VISION["openai/clip-vit-large-patch14-336"]
     config = CLIPVisionConfig(image_size=s["image"], patch_size=s["patch"], hidden_size=s["hidden"],
-                              num_hidden_layers=s["layers"], intermediate_size=s["intermediate"], num_attention_heads=16)
+                              num_hidden_layers=s["layers"], intermediate_size=s["intermediate"],
+                              num_attention_heads=16)
     assert clip_vision_parameters(**s) == count_on_meta(CLIPVisionModel, config)
 
 
