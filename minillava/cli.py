@@ -115,6 +115,13 @@ def plan_command(args: argparse.Namespace) -> None:
     print(format_plan(p, recipe, args.gpus, args.gpu_memory, args.strategy, args.mfu))
 
 
+def merge_lora_command(args: argparse.Namespace) -> None:
+    from .convert import merge_lora
+
+    merge_lora(args.run, args.out)
+    print(f"merged model: {args.out}")
+
+
 def chat(args: argparse.Namespace) -> None:
     """Answer one question about one image with a trained model folder."""
     from PIL import Image
@@ -210,6 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, default="zero3")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
     p.set_defaults(func=plan_command)
+
+    p = commands.add_parser("merge-lora", help="fold a LoRA stage-2 run into a plain model folder")
+    p.add_argument("run", help="the stage-2 output folder (adapter/, connector.safetensors)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=merge_lora_command)
 
     p = commands.add_parser("chat", help="answer a question about an image")
     p.add_argument("--model", required=True, help="a run folder or a MiniLlava model folder")

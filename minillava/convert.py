@@ -195,3 +195,25 @@ def load_any(path: str | Path, dtype: torch.dtype | None = None) -> MiniLlava:
     if "mm_projector_type" in raw or "mm_hidden_size" in raw:
         return import_official_llava(folder, dtype=dtype)
     raise ValueError(f"{folder}/config.json (model_type {raw.get('model_type')!r}) is not a LLaVA checkpoint")
+
+
+def merge_lora(run: str | Path, folder: str | Path, dtype: torch.dtype | None = None) -> MiniLlava:
+    """Fold a LoRA stage-2 run (``adapter/`` + ``connector.safetensors`` + ``minillava_config.json``) into its base
+    LM and write a plain MiniLlava folder that ``from_pretrained`` loads without peft."""
+    from peft import PeftModel
+
+    from .hd import HDConfig
+    from .trainer import load_connector
+
+    run = Path(run)
+    if not (run / "adapter").is_dir():
+        raise FileNotFoundError(f"{run}: no adapter/ folder; is this the output folder of a LoRA stage 2?")
+    config = MiniLlavaConfig(**json.loads((run / "minillava_config.json").read_text()))
+    model = MiniLlava.from_backbones(config.sources["vision"], config.sources["llm"], connector=config.connector,
+                                     feature_layer=config.feature_layer, select=config.select,
+                                     hd=HDConfig(**config.hd) if config.hd else None, dtype=dtype)
+    load_connector(model, run)
+    model.lm = PeftModel.from_pretrained(model.lm, run / "adapter").merge_and_unload()
+    model.config.sources = dict(config.sources, lora=str(run))
+    model.save_pretrained(folder)
+    return model

@@ -66,6 +66,9 @@ class Recipe:
     log_every: int = 10
     num_workers: int = 0
     peak_flops: float = 0.0  # one device's peak FLOP/s for the MFU column; 0: measure a matmul at the start
+    lora_r: int = 0  # > 0 (stage 2): LoRA of this rank on every linear layer of the LM instead of full tuning
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> Recipe:
@@ -88,15 +91,34 @@ def projector_modules(model: MiniLlava) -> dict[str, torch.nn.Module]:
 
 
 def set_trainable(model: MiniLlava, stage: int) -> list[torch.nn.Parameter]:
-    """Freeze what the stage does not train; returns the trainable parameters."""
+    """Freeze what the stage does not train; returns the trainable parameters. With LoRA adapters on the LM
+    (``apply_lora``), stage 2 trains the adapters instead of the LM's own weights."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     model.requires_grad_(False)
     for module in projector_modules(model).values():
         module.requires_grad_(True)
     if stage == 2:
-        model.lm.requires_grad_(True)
+        for name, p in model.lm.named_parameters():
+            p.requires_grad_(not is_lora(model) or "lora_" in name)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def is_lora(model: MiniLlava) -> bool:
+    return hasattr(model.lm, "peft_config")
+
+
+def apply_lora(model: MiniLlava, r: int, alpha: int, dropout: float) -> None:
+    """Wrap the LM with LoRA adapters (``peft``) on all its linear layers but the LM head, as LLaVA-1.5's LoRA
+    recipe does (r 128, alpha 256, dropout 0.05). ``pip install 'minillava[lora]'``."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise ImportError("LoRA needs peft: pip install 'minillava[lora]' (or pip install peft)") from e
+    if not is_lora(model):
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
+                            task_type="CAUSAL_LM")
+        model.lm = get_peft_model(model.lm, config)
 
 
 def projector_state_dict(model: MiniLlava) -> dict[str, torch.Tensor]:
@@ -205,6 +227,10 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     accelerator = Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation_steps,
                               mixed_precision=recipe.mixed_precision)
     set_seed(recipe.seed)
+    if recipe.lora_r:
+        if recipe.stage != 2:
+            raise ValueError("lora_r is for stage 2 (stage 1 trains only the connector)")
+        apply_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
     trainable = set_trainable(model, recipe.stage)
     if recipe.gradient_checkpointing:
         model.lm.gradient_checkpointing_enable()
@@ -314,10 +340,14 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
         accelerator.wait_for_everyone()
         state = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards: every process must call it
         if accelerator.is_main_process:
-            if recipe.stage == 1:
+            if recipe.stage == 1 or is_lora(unwrapped):
                 save_file({k: state[k].detach().contiguous() for k in projector_state_dict(unwrapped)},
                           str(output_dir / CONNECTOR_FILE))
-            else:
+            if is_lora(unwrapped):  # adapters + connector; `minillava merge-lora` makes a plain model of them
+                lm_state = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+                unwrapped.lm.save_pretrained(output_dir / "adapter", state_dict=lm_state)
+                (output_dir / "minillava_config.json").write_text(json.dumps(asdict(unwrapped.config), indent=2))
+            elif recipe.stage == 2:
                 unwrapped.save_pretrained(output_dir / "model", state_dict=state)
     unwrapped.eval()
     return metrics

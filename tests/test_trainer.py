@@ -199,3 +199,39 @@ def test_step_flops_by_hand(model, world):
 def test_metrics_report_mfu(model, world, tmp_path):
     metrics = train(recipe(world, 1, max_steps=2, log_every=1), model, tmp_path / "s1", progress=False)
     assert all(0 < m["mfu"] < 1 for m in metrics)
+
+
+def test_lora_stage2_trains_adapters_and_merges_to_the_same_logits(clip_dir, llm_dir, world, tmp_path):
+    from minillava.convert import merge_lora
+
+    torch.manual_seed(0)
+    model = MiniLlava.from_backbones(str(clip_dir), str(llm_dir))
+    base_lm = snapshot(model.lm)
+    train(recipe(world, 2, max_steps=3, lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2),
+          model, tmp_path / "s2", progress=False)
+    assert (tmp_path / "s2" / "adapter" / "adapter_config.json").exists() and not (tmp_path / "s2" / "model").exists()
+    lora_weights = {n: p for n, p in model.lm.named_parameters() if "lora_B" in n}
+    assert lora_weights and any(p.abs().sum() > 0 for p in lora_weights.values())  # lora_B starts at 0: it trained
+    base_now = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in model.lm.named_parameters()
+                if "lora_" not in n}
+    assert all(torch.equal(base_now[n], p) for n, p in base_lm.items())  # the LM's own weights did not move
+
+    s = {"input_ids": torch.tensor([model.tokenizer("<s>USER: hi ASSISTANT:")["input_ids"]])}
+    with torch.no_grad():
+        adapter_logits = model.eval()(s["input_ids"]).logits
+    merged = merge_lora(tmp_path / "s2", tmp_path / "merged")
+    loaded = MiniLlava.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(s["input_ids"]).logits, adapter_logits, rtol=1e-4, atol=1e-4)
+    assert not hasattr(merged.lm, "peft_config")
+    with pytest.raises(ValueError, match="stage 2"):
+        train(recipe(world, 1, lora_r=4), MiniLlava.from_backbones(str(clip_dir), str(llm_dir)), tmp_path / "x",
+              progress=False)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_file_loads(path):
+    r = Recipe.from_yaml(path)
+    if "lora" in path.stem:
+        assert (r.lora_r, r.lora_alpha, r.lora_dropout, r.learning_rate, r.connector_learning_rate) == \
+            (128, 256, 0.05, 2e-4, 2e-5)
