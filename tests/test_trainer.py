@@ -112,6 +112,24 @@ def test_two_processes_keep_replicas_equal_and_match_one_process(clip_dir, llm_d
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=0.05)
 
 
+def test_text_only_rank_next_to_an_image_rank_does_not_hang(clip_dir, llm_dir, world, tmp_path):
+    """One image record and one text-only record, one per process and step: every step one rank has no image,
+    so without keeping the connector in its graph DDP would wait forever for the connector's gradients."""
+    records = json.loads((world / "stage2.json").read_text())
+    pair = [next(r for r in records if "image" in r), next(r for r in records if "image" not in r)]
+    (tmp_path / "pair.json").write_text(json.dumps(pair))
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--num_cpu_threads_per_process", "1", "--main_process_port", "29518"]
+    run = subprocess.run(launch + [str(ROOT / "tests" / "distributed_train.py"), str(clip_dir), str(llm_dir),
+                                   str(world), str(tmp_path / "out"), "1", str(tmp_path / "pair.json")],
+                         env=env, capture_output=True, text=True, timeout=240)  # a hang fails here
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / "out" / f"rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+
 def test_run_toy_fast_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
     main(["run", "toy", "--fast", "--out", str(tmp_path / "run")])
