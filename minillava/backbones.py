@@ -31,6 +31,7 @@ from transformers import (
 
 # Llama's layout: <unk>=0, <s>=1, </s>=2; then the pad and image tokens LLaVA needs.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+BACKBONES_VERSION = 2  # bump when the pretraining changes, so cached backbones are rebuilt
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
@@ -181,15 +182,23 @@ def toy_backbones(world: str | Path, spec: BackboneSpec | None = None, progress:
 
     spec = spec or BackboneSpec()
     world = Path(world)
-    root = cache_dir() / f"backbones-{spec.key((world / 'world.json').read_text())}"
+    root = cache_dir() / f"backbones-{spec.key((world / 'world.json').read_text(), str(BACKBONES_VERSION))}"
     vision_dir, llm_dir = root / "vision", root / "llm"
     if (vision_dir / "config.json").exists() and (llm_dir / "config.json").exists():
         return vision_dir, llm_dir
     texts = corpus(world)
     tokenizer = train_tokenizer(texts + _template_text(), vocab_size=spec.vocab_size)
     scenes = [make_scene(10**9 + spec.seed * 7919 + i) for i in range(2000)]  # not the world's images
-    tower, processor = pretrain_vision_tower([draw_scene(s) for s in scenes],
-                                             [[f"{t.size} {t.name}" for t in s.things] for s in scenes], spec, progress)
+    images, tags = [], []
+    rng = random.Random(spec.seed)
+    for scene in scenes:
+        image = draw_scene(scene)
+        images.append(image)
+        tags.append([f"{t.size} {t.name}" for t in scene.things])
+        crop, crop_tags = _native_crop(scene, image, spec.image_size, rng)
+        images.append(crop)
+        tags.append(crop_tags)
+    tower, processor = pretrain_vision_tower(images, tags, spec, progress)
     lm = pretrain_language_model(tokenizer, texts, spec, progress)
     save_backbone(vision_dir.with_suffix(".tmp"), tower, processor).rename(vision_dir)
     save_backbone(llm_dir.with_suffix(".tmp"), lm, tokenizer).rename(llm_dir)
@@ -212,6 +221,21 @@ def toy_setup(train_images: int = 5000, eval_images: int = 100, seed: int = 0, f
     spec = BackboneSpec(vision_steps=5, lm_steps=5) if fast else BackboneSpec()
     vision_dir, llm_dir = toy_backbones(world, spec, progress=progress)
     return world, vision_dir, llm_dir
+
+
+def _native_crop(scene, image: Image.Image, size: int, rng: random.Random) -> tuple[Image.Image, list[str]]:
+    """A ``size`` x ``size`` crop at full resolution (what an HD cell sees), often around the printed character,
+    and its tags: the shapes whose centre it holds and the character if it holds it whole. The tower sees the
+    world at both scales, as CLIP saw both whole scenes and close-ups (text included) in its training data."""
+    if scene.character and rng.random() < 0.7:
+        x = min(max(0, scene.char_xy[0] - rng.randint(4, size - 12)), scene.width - size)
+        y = scene.height - size
+    else:
+        x, y = rng.randint(0, scene.width - size), rng.randint(0, scene.height - size)
+    tags = [f"{t.size} {t.name}" for t in scene.things if x <= t.x < x + size and y <= t.y < y + size]
+    if scene.character and x <= scene.char_xy[0] and scene.char_xy[0] + 7 <= x + size and y <= scene.char_xy[1]:
+        tags.append(f"character {scene.character}")
+    return image.crop((x, y, x + size, y + size)), tags
 
 
 def _template_text() -> list[str]:
