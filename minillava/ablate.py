@@ -58,9 +58,9 @@ class Budget:
     """What each variant gets: the same for all of them."""
 
     train_images: int = 2000
-    eval_images: int = 100
+    eval_images: int = 60
     stage1_steps: int = 100
-    stage2_steps: int = 500
+    stage2_steps: int = 400
     stage2_batch_size: int = 4
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     backbone_steps: int = 0  # > 0: pretrain the toy backbones for this many steps (quick runs); 0: the defaults
