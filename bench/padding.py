@@ -14,16 +14,10 @@ from pathlib import Path
 import torch
 
 from minillava.backbones import toy_setup
-from minillava.data import LlavaDataset, load_records, modality_length_groups
+from minillava.data import LlavaDataset, load_records, modality_length_groups, padding_share
 from minillava.model import MiniLlava
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def padding_share(batches: list[list[int]], lengths: list[int]) -> float:
-    """Padding positions / all positions, when every batch is padded to its longest sample."""
-    padded = sum(len(b) * max(abs(lengths[i]) for i in b) for b in batches)
-    return 1 - sum(abs(lengths[i]) for b in batches for i in b) / padded
 
 
 def main() -> None:

@@ -71,6 +71,12 @@ class Budget:
         for its numbers to mean much."""
         return cls(train_images=300, eval_images=30, stage1_steps=20, stage2_steps=60, seeds=[0])
 
+    @classmethod
+    def tiny(cls) -> Budget:
+        """A few steps of everything: only checks that the code runs (the test suite, ``MINILLAVA_FAST=1``)."""
+        return cls(train_images=24, eval_images=3, stage1_steps=2, stage2_steps=3, stage2_batch_size=2, seeds=[0],
+                   backbone_steps=2)
+
 
 # the numbers the report compares (results[task][metric]); "overall" is the mean accuracy of the short tasks
 SHORT_TASKS = ("colour", "shape", "count", "choice", "pope")

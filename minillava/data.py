@@ -237,6 +237,13 @@ def modality_length_groups(lengths: Sequence[int], group_size: int, generator: t
     return full + ([sorted(leftover, key=lambda i: -abs(lengths[i]))] if leftover else [])
 
 
+def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
+    """Padding positions / all positions when every batch is padded to its longest sample (``lengths`` as
+    ``LlavaDataset.lengths``: the sign marks the modality)."""
+    padded = sum(len(b) * max(abs(lengths[i]) for i in b) for b in batches)
+    return 1 - sum(abs(lengths[i]) for b in batches for i in b) / padded
+
+
 class ModalityLengthGroupedSampler(Sampler[int]):
     """Yields dataset indices so that each run of ``group_size`` indices is one modality (see above).
 

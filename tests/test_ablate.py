@@ -30,9 +30,7 @@ def test_claims_verdicts():
 
 def test_ablation_end_to_end_on_a_tiny_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
-    budget = Budget(train_images=24, eval_images=3, stage1_steps=2, stage2_steps=3, stage2_batch_size=2,
-                    seeds=[0], backbone_steps=2)
-    results = ablate(tmp_path / "out", budget, progress=False)
+    results = ablate(tmp_path / "out", Budget.tiny(), progress=False)
     assert set(results) == set(GROUPS)
     for group, variants in results.items():
         assert list(variants) == [v.name for v in GROUPS[group]]
