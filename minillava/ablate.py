@@ -245,6 +245,7 @@ def plot_ablation(results: dict[str, dict[str, list[dict[str, float]]]], path: P
         ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(metrics))])
         ax.set_xticklabels([m.replace(" (short prompts)", "").replace("+prompt ", "+prompt\n") for m in metrics],
                            fontsize=7)
+        ax.set_xlabel("metric")
         ax.set_ylabel("% (mean ± std over seeds)")
         ax.set_ylim(0, 105)
         ax.set_title(f"Ablation: {group}")
