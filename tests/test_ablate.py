@@ -51,3 +51,14 @@ def test_ablation_end_to_end_on_a_tiny_budget(tmp_path, monkeypatch):
 def test_unknown_group_is_named(tmp_path):
     with pytest.raises(ValueError, match="resolutoin"):
         ablate(tmp_path, Budget(seeds=[0]), groups=["resolutoin"])
+
+
+def test_ablate_quick_command_prints_the_claims(tmp_path, monkeypatch, capsys):
+    from minillava.cli import main
+
+    monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(Budget, "quick", classmethod(lambda cls: Budget.tiny()))  # the suite's reduced budget
+    main(["ablate", "--quick", "--out", str(tmp_path / "out"), "--groups", "format"])
+    out = capsys.readouterr().out
+    assert "format prompts make short prompts get short answers" in out and "(1 seed)" in out
+    assert (tmp_path / "out" / "ablation.md").exists()
