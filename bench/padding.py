@@ -38,15 +38,19 @@ def main() -> None:
         order = torch.randperm(len(lengths), generator=generator).tolist()
         random_batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
         grouped = modality_length_groups(lengths, batch_size, generator)
+        llava = modality_length_groups(lengths, batch_size, generator, mega_batches=1)  # LLaVA's exact rule
         mixed = sum(len({lengths[i] > 0 for i in b}) > 1 for b in random_batches)
         rows.append({"batch": batch_size, "random": padding_share(random_batches, lengths),
-                     "grouped": padding_share(grouped, lengths), "random_mixed_batches": mixed})
+                     "grouped": padding_share(grouped, lengths), "llava": padding_share(llava, lengths),
+                     "random_mixed_batches": mixed})
     print(f"toy stage-2 mix: {len(lengths)} samples ({sum(n < 0 for n in lengths)} text-only), "
           f"lengths {min(map(abs, lengths))}-{max(map(abs, lengths))} tokens")
-    print("| batch | padding, random batches | padding, grouped (modality + length) | mixed random batches |")
-    print("|---|---|---|---|")
+    print("| batch | random batches | LLaVA's grouping (sorted per global batch) | minillava's grouping "
+          "(sorted per 50 global batches) | random batches mixing modalities |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['random']:.1%} | {r['grouped']:.1%} | {r['random_mixed_batches']} |")
+        print(f"| {r['batch']} | {r['random']:.1%} | {r['llava']:.1%} | {r['grouped']:.1%} | "
+              f"{r['random_mixed_batches']} |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "padding.json").write_text(json.dumps(rows, indent=2))
 

@@ -5,7 +5,7 @@
 Stage 2 (connector + LM train, vision tower frozen): forward + backward + AdamW step, fp32 on the CPU, a batch
 with padding, two image sizes and a text-only row. The contenders alternate in one process and the table
 reports median times and their ratio. Peak memory is measured in a fresh process per contender (the rise of
-ru_maxrss over the loaded model during 3 steps). Writes bench/results/train_step.json.
+the resident memory over the loaded model during 3 steps). Writes bench/results/train_step.json.
 """
 
 import argparse
@@ -51,19 +51,42 @@ def make_step(name: str, model, batch: dict):
     return step
 
 
+def rss_mb() -> float:
+    """This process's resident memory now (Linux /proc), in MB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
 def memory_of(name: str, folder: Path) -> dict:
-    """Run in a child process: load one contender, do 3 steps, report RSS before and the peak."""
+    """Run in a child process: load one contender, then sample the resident memory every few milliseconds
+    during 3 steps; report it before the steps and its peak (activations, gradients, optimizer states)."""
+    import gc
+    import threading
+
     ours = MiniLlava.from_pretrained(folder / "ours")
     batch = training_batch(ours)
-    model = ours if name == "minillava" else LlavaForConditionalGeneration.from_pretrained(folder / "hf")
-    if name != "minillava":
+    if name == "minillava":
+        model = ours
+    else:
         del ours
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        gc.collect()
+        model = LlavaForConditionalGeneration.from_pretrained(folder / "hf")
     step = make_step(name, model, batch)
+    gc.collect()
+    before, peak, done = rss_mb(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     for _ in range(3):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"loaded_mb": round(before), "peak_mb": round(peak), "training_mb": round(peak - before)}
+    done.set()
+    sampler.join()
+    return {"loaded_mb": round(before), "peak_mb": round(peak[0]), "training_mb": round(peak[0] - before)}
 
 
 def main() -> None:

@@ -218,17 +218,23 @@ def collate(samples: Sequence[dict | None], pad_token_id: int) -> dict | None:
 # ----------------------------------------------------------------------------- the grouped sampler
 
 
-def modality_length_groups(lengths: Sequence[int], group_size: int, generator: torch.Generator) -> list[list[int]]:
+def modality_length_groups(lengths: Sequence[int], group_size: int, generator: torch.Generator,
+                           mega_batches: int = 50) -> list[list[int]]:
     """Indices in groups of ``group_size`` (one optimizer step's samples), each all-image or all-text.
 
     As in LLaVA-1.5's "group by modality length": image samples (length > 0) and text-only samples (length < 0)
-    are shuffled separately and cut into groups; each group is sorted by length (longest first), so the
-    micro-batches cut from it have similar lengths and little padding; the full groups are shuffled; the two
-    leftover partial groups go last, together (the only group that may mix modalities).
+    are shuffled separately; each modality is cut into mega-batches of ``mega_batches`` groups, sorted by length
+    (longest first) and cut into groups, so the samples of a group have similar lengths and little padding; the
+    full groups are shuffled; the two leftover partial groups go last, together (the only group that may mix
+    modalities). LLaVA sorts within one global batch only (``mega_batches=1``), which removes little padding at
+    small batch sizes; 50 is the mega-batch of transformers' ``LengthGroupedSampler`` (bench/padding.py).
     """
     full, leftover = [], []
     for indices in ([i for i, n in enumerate(lengths) if n > 0], [i for i, n in enumerate(lengths) if n <= 0]):
         order = [indices[j] for j in torch.randperm(len(indices), generator=generator).tolist()]
+        mega = group_size * mega_batches
+        by_length = lambda i: -abs(lengths[i])
+        order = [i for k in range(0, len(order), mega) for i in sorted(order[k:k + mega], key=by_length)]
         groups = [order[k:k + group_size] for k in range(0, len(order), group_size)]
         if groups and len(groups[-1]) < group_size:
             leftover += groups.pop()

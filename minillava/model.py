@@ -231,6 +231,7 @@ class MiniLlava(nn.Module):
 
         Rows must be left-padded (``pad_batch(..., padding_side="left")``). ``temperature=0`` is greedy
         decoding (every LLaVA benchmark); a row that ends (EOS) is padded with the pad token.
+        ``use_cache=False`` (greedy only) is the reference decoding: the whole sequence is recomputed at every step.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -238,12 +239,35 @@ class MiniLlava(nn.Module):
             raise ValueError("generate needs left padding: some rows end with padding (attention_mask 0)")
         embeds = self.embed(input_ids, pixel_values, image_sizes)
         sampling = temperature > 0
+        if not use_cache:
+            if sampling:
+                raise ValueError("use_cache=False supports greedy decoding (temperature=0) only")
+            return self._generate_without_cache(embeds, attention_mask, max_new_tokens)
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling,
                                   temperature=temperature if sampling else None, top_p=top_p if sampling else None,
                                   eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
                                   bos_token_id=self.tokenizer.bos_token_id, use_cache=use_cache)
         # Given only inputs_embeds, transformers' generate returns only the new tokens.
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config)
+
+    def _generate_without_cache(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
+                                max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding that recomputes all positions every step (no KV cache): slow, simple, the reference."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        new = attention_mask.new_empty(len(embeds), 0)
+        done = torch.zeros(len(embeds), dtype=torch.bool, device=embeds.device)
+        for _ in range(max_new_tokens):
+            mask = torch.cat([attention_mask, torch.ones_like(new)], dim=1)  # (B, T + generated)
+            inputs = torch.cat([embeds, self.lm.get_input_embeddings()(new)], dim=1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
+            logits = self.lm(inputs_embeds=inputs, attention_mask=mask, position_ids=positions,
+                             use_cache=False).logits[:, -1]  # (B, V)
+            token = torch.where(done, pad, logits.argmax(-1))
+            new = torch.cat([new, token[:, None]], dim=1)
+            done |= token == eos
+            if bool(done.all()):
+                break
+        return new
 
     def answer(self, images: Sequence[Image.Image | None], questions: Sequence[str],
                template: str = "vicuna_v1", format_prompt: str | None = None, preprocess: str = "pad",

@@ -99,6 +99,18 @@ def test_batched_generation_equals_one_by_one(model):
         model.generate(right["input_ids"], pixels, right["attention_mask"])
 
 
+def test_generation_without_kv_cache_gives_the_same_tokens(model):
+    prompts = [sample(model, q) for q in ["What is it?", "What colour is the big shape on the left side?"]]
+    batch = pad_batch(prompts, model.tokenizer.pad_token_id, padding_side="left")  # row 0 is left-padded
+    pixels = model.encoder.preprocess([make_image(32, 32, seed=3), make_image(48, 24, seed=4)])
+    cached = model.generate(batch["input_ids"], pixels, batch["attention_mask"], max_new_tokens=8)
+    recomputed = model.generate(batch["input_ids"], pixels, batch["attention_mask"], max_new_tokens=8,
+                                use_cache=False)
+    assert recomputed.tolist() == cached.tolist()
+    with pytest.raises(ValueError, match="greedy"):
+        model.generate(batch["input_ids"], pixels, batch["attention_mask"], temperature=0.7, use_cache=False)
+
+
 def test_generation_stops_at_eos_and_pads_finished_rows(model):
     eos, pad = model.tokenizer.eos_token_id, model.tokenizer.pad_token_id
     prompts = [sample(model, "What is it?"), sample(model, "Which shape is the biggest one?")]
