@@ -2,7 +2,7 @@
 
     python notebooks/execute.py                 # all notebooks, full budgets
     python notebooks/execute.py 04_hd_grid.ipynb
-    MINILLAVA_FAST=1 python notebooks/execute.py  # the small budgets the test suite uses
+    MINILLAVA_FAST=1 python notebooks/execute.py  # the small budgets the test suite uses (tests/conftest.py)
 
 Each notebook runs in its own folder (``notebooks/``), as Jupyter would; run folders go to ``notebooks/runs/``
 (git-ignored). Notebooks must stay under 1 MB each: the script says so if one grows past it.

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny backbones built in the test session and saved to a temp folder, then loaded back
 through the same ``from_pretrained`` paths that real checkpoints use. Nothing is downloaded."""
 
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -9,6 +11,10 @@ from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisi
 from minillava.backbones import save_backbone, tiny_language_model, tiny_vision_tower, train_tokenizer
 from minillava.model import MiniLlava
 from minillava.prompts import TEMPLATES
+
+# The suite also executes every notebook (nbmake, testpaths in pyproject.toml) with the small budgets: the same
+# cells, fewer steps. Set here, before any notebook kernel starts; `MINILLAVA_FAST=1 pytest notebooks` alone.
+os.environ.setdefault("MINILLAVA_FAST", "1")
 
 CORPUS = [TEMPLATES["vicuna_v1"].system, TEMPLATES["llava_v1"].system,
           "USER: What colour is the circle? ASSISTANT: The circle is red.</s>",
