@@ -22,6 +22,8 @@ def tidy(nb) -> None:
     """Keep what a terminal would show of progress bars: consecutive stream outputs joined, and of each line
     rewritten with carriage returns only its last state (else every tqdm update is stored)."""
     for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
         outputs = []
         for out in cell.get("outputs", []):
             if out.output_type == "stream" and outputs and outputs[-1].output_type == "stream" \
