@@ -12,7 +12,7 @@ import torch
 
 from minillava.cli import main, toy_recipes
 from minillava.model import MiniLlava
-from minillava.toyworld import write_world
+from minillava.toyworld import EVAL_TASKS, write_world
 from minillava.trainer import CONNECTOR_FILE, Recipe, load_connector, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ def test_run_toy_fast_end_to_end(tmp_path, monkeypatch, capsys):
     assert "Held-out evaluation" in report and (tmp_path / "run" / "stage2" / "loss.png").exists()
     assert (tmp_path / "run" / "examples.png").exists() and "examples.png" in report
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert set(results) == {"colour", "shape", "count", "choice", "pope", "text", "detail"}
+    assert set(results) == set(EVAL_TASKS)
     main(["chat", "--model", str(tmp_path / "run"), "--image", str(next((tmp_path / "cache").glob("world-*"))
           / "images" / "000000.png"), "--question", "What is it?", "--max-new-tokens", "3"])
 
