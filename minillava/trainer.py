@@ -59,6 +59,7 @@ class Recipe:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"  # "bf16" on GPUs that have it
     gradient_checkpointing: bool = False
+    torch_compile: str = ""  # a torch.compile backend for the LM ("inductor" on GPUs); "": eager PyTorch
     group_by_modality_length: bool = True
     on_bad_record: str = "error"  # or "skip" (counted and reported)
     seed: int = 0
@@ -234,6 +235,8 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     trainable = set_trainable(model, recipe.stage)
     if recipe.gradient_checkpointing:
         model.lm.gradient_checkpointing_enable()
+    if recipe.torch_compile:
+        model.lm.compile(backend=recipe.torch_compile)  # in place: state-dict keys (and saving) stay the same
 
     prepare_image, pad_id = model.prepare_image, model.tokenizer.pad_token_id  # before accelerate wraps the model
     dataset = LlavaDataset(load_records(recipe.data), model.tokenizer, model.image_token_id,

@@ -253,3 +253,10 @@ def test_every_recipe_file_loads(path):
     if "lora" in path.stem:
         assert (r.lora_r, r.lora_alpha, r.lora_dropout, r.learning_rate, r.connector_learning_rate) == \
             (128, 256, 0.05, 2e-4, 2e-5)
+
+
+def test_torch_compile_option_trains_and_saves(model, world, tmp_path):
+    # the "eager" backend runs TorchDynamo's graph capture without a C++ toolchain; GPUs use "inductor"
+    metrics = train(recipe(world, 2, max_steps=2, torch_compile="eager"), model, tmp_path / "s2", progress=False)
+    assert len(metrics) == 2 and all(m["loss"] > 0 for m in metrics)
+    MiniLlava.from_pretrained(tmp_path / "s2" / "model")  # same keys as an uncompiled model
