@@ -280,7 +280,7 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
                disable=not (progress and accelerator.is_local_main_process))
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.mixed_precision, torch.float32)
     peak = recipe.peak_flops or measure_peak_flops(accelerator.device, compute_dtype)
-    unwrapped_model = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model)
     last_time, tokens, flops, losses = time.perf_counter(), 0, 0.0, []
     while step < total_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
@@ -301,7 +301,7 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
                 optimizer.zero_grad()
             losses.append(loss.detach())
             tokens += int(batch["attention_mask"].sum())
-            flops += step_flops(unwrapped_model, batch, recipe.stage)
+            flops += step_flops(unwrapped, batch, recipe.stage)
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -338,7 +338,6 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
             plot_losses(metrics, output_dir / "loss.png", f"Stage {recipe.stage} training loss")
         if dataset.summary():
             print(f"{recipe.data}: {dataset.summary()}")
-    unwrapped = accelerator.unwrap_model(model)
     if step >= total_steps:
         accelerator.wait_for_everyone()
         state = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards: every process must call it
