@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -225,6 +226,10 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     ``stop_after`` ends the run after that many optimizer steps (for tests of resuming). Returns the metrics.
     """
     output_dir = Path(output_dir)
+    # accelerate keeps one state per process and refuses a second precision: a notebook that runs stage 1 in
+    # fp32 and stage 2 in bf16 would need a kernel restart. Forget the old precision (the process group stays).
+    if AcceleratorState._shared_state.get("_mixed_precision", recipe.mixed_precision) != recipe.mixed_precision:
+        AcceleratorState._reset_state()
     accelerator = Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation_steps,
                               mixed_precision=recipe.mixed_precision)
     set_seed(recipe.seed)

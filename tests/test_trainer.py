@@ -260,3 +260,11 @@ def test_torch_compile_option_trains_and_saves(model, world, tmp_path):
     metrics = train(recipe(world, 2, max_steps=2, torch_compile="eager"), model, tmp_path / "s2", progress=False)
     assert len(metrics) == 2 and all(m["loss"] > 0 for m in metrics)
     MiniLlava.from_pretrained(tmp_path / "s2" / "model")  # same keys as an uncompiled model
+
+
+def test_stages_in_different_precisions_in_one_process(model, world, tmp_path):
+    """A notebook trains stage 1 in fp32 and stage 2 in bf16 without restarting (accelerate keeps one state)."""
+    train(recipe(world, 1, mixed_precision="no"), model, tmp_path / "fp32", progress=False)
+    metrics = train(recipe(world, 2, mixed_precision="bf16"), model, tmp_path / "bf16", progress=False)
+    assert len(metrics) == 3 and all(m["loss"] > 0 for m in metrics)
+    assert json.loads((tmp_path / "bf16" / "recipe.json").read_text())["mixed_precision"] == "bf16"
