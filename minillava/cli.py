@@ -47,7 +47,7 @@ def toy_llava(fast: bool = False, progress: bool = True) -> tuple[MiniLlava, Pat
 def run_toy(args: argparse.Namespace) -> None:
     """The main job: toy world -> backbones -> stage 1 -> stage 2 -> evaluation -> report."""
     from .backbones import toy_setup
-    from .evaluate import evaluate_toy, write_report
+    from .evaluate import evaluate_toy, failure_notes, probe_vision_features, write_report
 
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -60,7 +60,9 @@ def run_toy(args: argparse.Namespace) -> None:
     load_connector(model, out / "stage1")
     train(stage2, model, out / "stage2")
     results = evaluate_toy(model, world, out, batch_size=64)
-    print(write_report(results, out, world))
+    probe = probe_vision_features(model.encoder, n_scenes=40 if args.fast else 400, seed=args.seed)
+    print(write_report(results, out, world, probe))
+    print("\n".join(failure_notes(results, probe)[2:]).strip())
 
 
 def train_command(args: argparse.Namespace) -> None:

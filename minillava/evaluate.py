@@ -8,6 +8,7 @@ Decoding is greedy with the ``vicuna_v1`` template and ``pad`` images, as in eve
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -335,6 +336,69 @@ def run_benchmark(model, benchmark: str, questions_file: str | Path, image_folde
 # ----------------------------------------------------------------------------- the toy world's held-out sets
 
 
+def beats_majority(result: dict) -> bool | None:
+    """Is a task's accuracy clearly above always giving its most frequent answer: by more than two standard
+    errors of that baseline (binomial, ``n`` questions)? ``None`` for tasks without a baseline (``detail``)."""
+    if result.get("majority") is None:
+        return None
+    m, n = result["majority"], result["n"]
+    return result["accuracy"] > m + 2 * math.sqrt(m * (1 - m) / max(1, n))
+
+
+def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: int = 300) -> dict[str, float]:
+    """How well an object's colour, shape and size can be read off the vision features a toy model receives.
+
+    For ``n_scenes`` fresh toy scenes (padded, as in stage 2), each object's feature is the mean of the patch
+    features (the encoder's output, before the connector) whose centres lie on the object; a linear classifier
+    (logistic regression) is fitted on 80% of the objects and scored on the rest. Held-out accuracy per
+    attribute; chance is 1/4 for colour, 1/3 for shape, 1/2 for size. A task that needs an attribute the
+    features do not hold cannot be answered, however well the LM learns (the report shows this next to the
+    results).
+    """
+    import torch
+
+    from .toyworld import COLOURS, SHAPES, SIZES, draw_scene, make_scene
+
+    features, labels = [], {"colour": [], "shape": [], "size": []}
+    grid = int(encoder.num_patches ** 0.5)
+    with torch.no_grad():
+        for i in range(n_scenes):
+            scene = make_scene(7_000_000 + seed * 100_003 + i)
+            patches = encoder(encoder.preprocess([draw_scene(scene)], "pad"))[0].float()  # (N, D)
+            side = max(scene.width, scene.height)
+            dx, dy, cell = (side - scene.width) / 2, (side - scene.height) / 2, side / grid
+            for t in scene.things:
+                r = SIZES[t.size]
+                on = [gy * grid + gx for gy in range(grid) for gx in range(grid)
+                      if abs((gx + 0.5) * cell - (t.x + dx)) < r and abs((gy + 0.5) * cell - (t.y + dy)) < r]
+                on = on or [int((t.y + dy) // cell) * grid + int((t.x + dx) // cell)]  # a small object
+                features.append(patches[on].mean(0))
+                labels["colour"].append(list(COLOURS).index(t.colour))
+                labels["shape"].append(SHAPES.index(t.shape))
+                labels["size"].append(list(SIZES).index(t.size))
+    x = torch.stack(features)  # (objects, D)
+    split = int(0.8 * len(x))
+    x = (x - x[:split].mean(0)) / (x[:split].std(0) + 1e-6)
+    accuracy = {}
+    for attribute, y in labels.items():
+        y = torch.tensor(y)
+        generator = torch.Generator().manual_seed(seed)
+        probe = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
+        with torch.no_grad():
+            probe.weight.copy_(torch.randn(probe.weight.shape, generator=generator) * 0.01)
+            probe.bias.zero_()
+        optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = torch.nn.functional.cross_entropy(probe(x[:split]), y[:split])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            accuracy[attribute] = (probe(x[split:]).argmax(1) == y[split:]).float().mean().item()
+    return accuracy
+
+
 def majority_baseline(answers: Sequence[str]) -> float:
     """Accuracy of always giving the most frequent answer: the floor a model must beat to use the image."""
     counts: dict[str, int] = {}
@@ -368,15 +432,17 @@ def evaluate_toy(model, world: str | Path, out: str | Path, batch_size: int = 64
 
 
 def results_table(results: dict[str, dict]) -> str:
-    """A markdown table of the per-task results, next to the majority-answer baseline."""
-    rows = ["| task | n | main metric | value | majority baseline | short answers (<= 3 words) |",
-            "|---|---|---|---|---|---|"]
+    """A markdown table of the per-task results, next to the majority-answer baseline ("above it?" compares
+    accuracy with it, POPE's too, by ``beats_majority``)."""
+    rows = ["| task | n | main metric | value | majority baseline | above it? | short answers (<= 3 words) |",
+            "|---|---|---|---|---|---|---|"]
     for task, r in results.items():
         metric = "F1 (yes)" if task == "pope" else "word F1" if task == "detail" else "accuracy"
         value = r.get("f1", r.get("word_f1", r.get("accuracy")))
         short = f"{r['short_share']:.0%}" if "short_share" in r else f"mean {r['mean_words']:.0f} words"
         base = f"{r['majority']:.0%}" if r.get("majority") is not None else "-"
-        rows.append(f"| {task} | {r['n']} | {metric} | {value:.1%} | {base} | {short} |")
+        above = {True: "yes", False: "**no**", None: "-"}[beats_majority(r)]
+        rows.append(f"| {task} | {r['n']} | {metric} | {value:.1%} | {base} | {above} | {short} |")
     return "\n".join(rows)
 
 
@@ -401,16 +467,46 @@ def plot_examples(results: dict[str, dict], images: Path, path: Path) -> None:
     fig.savefig(path, dpi=80)
 
 
-def write_report(results: dict[str, dict], out: str | Path, world: str | Path | None = None) -> str:
-    """Write ``report.md`` (results table, loss curves, example answers) and ``results.json``; return the table.
+def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = None) -> list[str]:
+    """Markdown lines saying which tasks a toy model does not pass, what each needs, and what its vision
+    features hold (``probe``: ``probe_vision_features``)."""
+    from .toyworld import TASK_NEEDS
 
-    With ``world``, also ``examples.png``: example answers next to their images.
+    failed = [task for task, r in results.items() if beats_majority(r) is False]
+    lines = ["## What it gets wrong, and why", ""]
+    if not failed:
+        lines.append("Every task is clearly above its majority baseline (by two standard errors).")
+    else:
+        lines.append("Not clearly above the majority answer (by two standard errors): " + ", ".join(failed) + ".")
+        lines.append("")
+        for task in failed:
+            r = results[task]
+            lines.append(f"- **{task}** ({r['accuracy']:.0%} vs {r['majority']:.0%}): it needs to "
+                         f"{TASK_NEEDS.get(task, '(no note for this task)')}.")
+    if probe:
+        lines += ["", "What the vision features hold (a linear probe of each object's patch features on fresh "
+                  "scenes; chance: colour 25%, shape 33%, size 50%): "
+                  + ", ".join(f"{k} {v:.0%}" for k, v in probe.items()) + ". A task that needs an attribute the "
+                  "features hold poorly is capped by it, however long the LM trains."]
+    return lines + [""]
+
+
+def write_report(results: dict[str, dict], out: str | Path, world: str | Path | None = None,
+                 probe: dict[str, float] | None = None) -> str:
+    """Write ``report.md`` (results table, what fails and why, loss curves, example answers) and
+    ``results.json``; return the table.
+
+    With ``world``, also ``examples.png``: example answers next to their images. ``probe``: what the vision
+    features hold (``probe_vision_features``), quoted in the report and saved in ``vision_probe.json``.
     """
     out = Path(out)
     table = results_table(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    if probe:
+        (out / "vision_probe.json").write_text(json.dumps(probe, indent=2))
     lines = ["# minillava toy run", "", "Held-out evaluation (greedy decoding, vicuna_v1, padded images).", "",
-             table, "", "## Loss curves", "", "![stage 1](stage1/loss.png) ![stage 2](stage2/loss.png)", "",
+             table, "", *failure_notes(results, probe),
+             "## Loss curves", "", "![stage 1](stage1/loss.png) ![stage 2](stage2/loss.png)", "",
              "## Example answers", ""]
     if world is not None:
         plot_examples(results, Path(world) / "images", out / "examples.png")

@@ -220,6 +220,20 @@ def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image:
 # never seen in training: does the format instruction transfer to a new kind of question? (paper, Sec. 3.2)
 EVAL_TASKS = ("colour", "shape", "count", "choice", "pope", "text", "detail", "where")
 
+# What each held-out task asks of the model (the report quotes it for the tasks a model does not pass).
+TASK_NEEDS = {
+    "colour": "find the named shape, then read its colour: the tower's features must tell shapes apart",
+    "shape": "find the object of the named colour, then read its shape: the features must tell shapes apart",
+    "count": "count 1-3 objects on the canvas",
+    "choice": "find the named shape, read its colour, then match that colour to an option letter (three steps)",
+    "pope": "decide whether one object has both the named colour and the named shape (binding the two)",
+    "text": "read a character about 7 pixels tall: after downscaling to the encoder's input it is a few pixels, "
+            "illegible by design; reading it is what the HD grid encoder is for (`minillava ablate`)",
+    "detail": "describe every object with its size, colour, shape and position",
+    "where": "answer a question form never trained with the short-answer prompt (the composition probe); "
+             "the content also needs each object's position",
+}
+
 
 def eval_questions(scene: Scene, image: str, rng: random.Random) -> list[dict]:
     """Held-out questions about one scene: one per task, with answers."""

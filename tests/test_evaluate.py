@@ -3,9 +3,11 @@
 import json
 
 import pytest
+import torch
 from conftest import make_image
 
 from minillava.evaluate import (
+    beats_majority,
     choice_letter,
     exact_match,
     load_annotations,
@@ -15,11 +17,13 @@ from minillava.evaluate import (
     normalize_vqa,
     pope_label,
     pope_scores,
+    probe_vision_features,
     read_jsonl,
     run_benchmark,
     score_benchmark,
     vqa_accuracy,
     with_benchmark_prompt,
+    write_report,
 )
 from minillava.prompts import SHORT_ANSWER
 
@@ -142,3 +146,37 @@ def test_eval_command_scores_a_saved_model(model, tmp_path, capsys):
     answer = read_jsonl(tmp_path / "q_answers.jsonl")[0]["text"]
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{"):]) == {"accuracy": vqa_accuracy(answer, ["red"] * 3), "n": 1}
+
+
+def test_beats_majority_by_two_standard_errors():
+    # majority 0.5 over 100 questions: standard error 0.05, so the bar is 0.6
+    assert beats_majority({"accuracy": 0.61, "majority": 0.5, "n": 100}) is True
+    assert beats_majority({"accuracy": 0.59, "majority": 0.5, "n": 100}) is False
+    assert beats_majority({"accuracy": 0.59, "majority": 0.5, "n": 10_000}) is True
+    assert beats_majority({"word_f1": 0.7, "majority": None, "n": 100}) is None
+
+
+def test_vision_probe_reads_the_features(model):
+    probe = probe_vision_features(model.encoder, n_scenes=150)
+    assert set(probe) == {"colour", "shape", "size"}
+    assert probe["colour"] >= 0.7  # colour is linear in the pixels, even through a random tower
+
+    class Blind:  # the same interface, features that hold nothing: the probe must fall to chance
+        num_patches = model.encoder.num_patches
+        preprocess = model.encoder.preprocess
+
+        def __call__(self, pixels):
+            return torch.zeros(len(pixels), self.num_patches, 8)
+
+    assert probe_vision_features(Blind(), n_scenes=150)["colour"] <= 0.45
+
+
+def test_report_names_the_failed_tasks_and_why(tmp_path):
+    results = {"colour": {"accuracy": 0.9, "majority": 0.3, "n": 100, "short_share": 1.0, "examples": []},
+               "text": {"accuracy": 0.47, "majority": 0.47, "n": 100, "short_share": 1.0, "examples": []}}
+    write_report(results, tmp_path, probe={"colour": 0.99, "shape": 0.6, "size": 0.7})
+    report = (tmp_path / "report.md").read_text()
+    section = report.split("## What it gets wrong, and why")[1].split("##")[0]
+    assert "**text** (47% vs 47%)" in section and "HD grid encoder" in section
+    assert "**colour**" not in section and "shape 60%" in section
+    assert json.loads((tmp_path / "vision_probe.json").read_text())["shape"] == 0.6
