@@ -56,3 +56,14 @@ def test_stage1_runs(tmp_path):
 def test_mfu_runs(tmp_path):
     out = run_bench("mfu.py", "--fast", tmp_path=tmp_path)
     assert "| small |" in out and "MFU" in out
+
+
+def test_toy_sweep_runs(tmp_path):
+    out = run_bench("toy_sweep.py", "--tiny", tmp_path=tmp_path)
+    assert "| *majority answer* |" in out and "| tower x2 |" in out
+
+
+def test_gpu_check_runs_on_cpu(tmp_path):
+    out = run_bench("gpu_check.py", "--tiny", "--steps", "2", "--batch-size", "2", tmp_path=tmp_path)
+    assert "| bf16 + checkpointing + compile | cpu |" in out
+    assert "KV-cache decoding == full recomputation: True" in out
