@@ -217,6 +217,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32)
         n, largest = 256, 2048 if device.type == "cpu" else 8192
         while True:
             a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+            seconds(a, b)  # warm-up: a device's first product also pays for setting up its math library
             if seconds(a, b) > 0.05 or n >= largest:
                 break
             n *= 2
