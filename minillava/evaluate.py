@@ -361,21 +361,22 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
 
     features, labels = [], {"colour": [], "shape": [], "size": []}
     grid = int(encoder.num_patches ** 0.5)
-    with torch.no_grad():
-        for i in range(n_scenes):
-            scene = make_scene(7_000_000 + seed * 100_003 + i)
-            patches = encoder(encoder.preprocess([draw_scene(scene)], "pad"))[0].float()  # (N, D)
-            side = max(scene.width, scene.height)
-            dx, dy, cell = (side - scene.width) / 2, (side - scene.height) / 2, side / grid
-            for t in scene.things:
-                r = SIZES[t.size]
-                on = [gy * grid + gx for gy in range(grid) for gx in range(grid)
-                      if abs((gx + 0.5) * cell - (t.x + dx)) < r and abs((gy + 0.5) * cell - (t.y + dy)) < r]
-                on = on or [int((t.y + dy) // cell) * grid + int((t.x + dx) // cell)]  # a small object
-                features.append(patches[on].mean(0))
-                labels["colour"].append(list(COLOURS).index(t.colour))
-                labels["shape"].append(SHAPES.index(t.shape))
-                labels["size"].append(list(SIZES).index(t.size))
+    scenes = [make_scene(7_000_000 + seed * 100_003 + i) for i in range(n_scenes)]
+    with torch.no_grad():  # encode 64 scenes per call, not one
+        encoded = [encoder(encoder.preprocess([draw_scene(s) for s in scenes[i:i + 64]], "pad")).float()
+                   for i in range(0, n_scenes, 64)]
+    for scene, patches in zip(scenes, torch.cat(encoded)):  # patches: (N, D)
+        side = max(scene.width, scene.height)
+        dx, dy, cell = (side - scene.width) / 2, (side - scene.height) / 2, side / grid
+        for t in scene.things:
+            r = SIZES[t.size]
+            on = [gy * grid + gx for gy in range(grid) for gx in range(grid)
+                  if abs((gx + 0.5) * cell - (t.x + dx)) < r and abs((gy + 0.5) * cell - (t.y + dy)) < r]
+            on = on or [int((t.y + dy) // cell) * grid + int((t.x + dx) // cell)]  # a small object
+            features.append(patches[on].mean(0))
+            labels["colour"].append(list(COLOURS).index(t.colour))
+            labels["shape"].append(SHAPES.index(t.shape))
+            labels["size"].append(list(SIZES).index(t.size))
     x = torch.stack(features)  # (objects, D)
     split = int(0.8 * len(x))
     x = (x - x[:split].mean(0)) / (x[:split].std(0) + 1e-6)
