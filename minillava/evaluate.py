@@ -363,8 +363,8 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
     grid = int(encoder.num_patches ** 0.5)
     scenes = [make_scene(7_000_000 + seed * 100_003 + i) for i in range(n_scenes)]
     with torch.no_grad():  # encode 64 scenes per call, not one
-        encoded = [encoder(encoder.preprocess([draw_scene(s) for s in scenes[i:i + 64]], "pad")).float()
-                   for i in range(0, n_scenes, 64)]
+        encoded = [encoder(encoder.preprocess([draw_scene(s) for s in scenes[i:i + 64]], "pad")).float().cpu()
+                   for i in range(0, n_scenes, 64)]  # the probe trains on the CPU, wherever the encoder is
     for scene, patches in zip(scenes, torch.cat(encoded)):  # patches: (N, D)
         side = max(scene.width, scene.height)
         dx, dy, cell = (side - scene.width) / 2, (side - scene.height) / 2, side / grid
