@@ -427,9 +427,26 @@ def evaluate_toy(model, world: str | Path, out: str | Path, batch_size: int = 64
         references = [gold[q["question_id"]] for q in questions]
         results[task] = score_task(task, predictions, references) | {
             "n": len(questions), "majority": majority_baseline(references) if task != "detail" else None,
+            "by_objects": by_objects(task, questions, predictions, references),
             "examples": [{"image": q["image"], "question": q["text"], "answer": p, "reference": r}
                          for q, p, r in list(zip(questions, predictions, references))[:3]]}
     return results
+
+
+def by_objects(task: str, questions: Sequence[dict], predictions: Sequence[str],
+               references: Sequence[str]) -> dict[int, float] | None:
+    """Accuracy split by how many shapes the question's scene holds ({1: 0.9, 2: 0.4, 3: 0.45}; None for the
+    tasks without an accuracy). With one shape there is nothing to look up: a model that reads colours but
+    cannot find *the named* shape among several scores high at 1 and near chance at 2 and 3."""
+    from .toyworld import objects_in
+
+    if task in ("detail", "text", "where"):
+        return None
+    groups: dict[int, list[int]] = {}
+    for i, q in enumerate(questions):
+        groups.setdefault(objects_in(q["question_id"]), []).append(i)
+    return {n: score_task(task, [predictions[i] for i in idx], [references[i] for i in idx])["accuracy"]
+            for n, idx in sorted(groups.items())}
 
 
 def results_table(results: dict[str, dict]) -> str:
@@ -482,8 +499,17 @@ def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = Non
         lines.append("")
         for task in failed:
             r = results[task]
-            lines.append(f"- **{task}** ({r['accuracy']:.0%} vs {r['majority']:.0%}): it needs to "
+            split = r.get("by_objects")
+            split = "; by number of shapes in the scene: " + ", ".join(
+                f"{n}: {a:.0%}" for n, a in split.items()) if split else ""
+            lines.append(f"- **{task}** ({r['accuracy']:.0%} vs {r['majority']:.0%}{split}): it needs to "
                          f"{TASK_NEEDS.get(task, '(no note for this task)')}.")
+        splits = [results[t]["by_objects"] for t in failed if results[t].get("by_objects")]
+        if any(1 in sp and len(sp) > 1 and sp[1] - max(a for n, a in sp.items() if n > 1) > 0.2 for sp in splits):
+            lines += ["", "High with one shape and low with several: the model reads an attribute but does not find "
+                      "*the named* shape among several (binding). bench/README.md (\"Where binding fails\") "
+                      "measures why: the toy LM learns this lookup only from tens of thousands of such questions, "
+                      "even from perfect features."]
     if probe:
         lines += ["", "What the vision features hold (a linear probe of each object's patch features on fresh "
                   "scenes; chance: colour 25%, shape 33%, size 50%): "

@@ -251,6 +251,11 @@ def eval_questions(scene: Scene, image: str, rng: random.Random) -> list[dict]:
              "text": with_format_prompt(q, fmt) if fmt else q, "answer": a} for task, q, fmt, a in out]
 
 
+def objects_in(question_id: str) -> int:
+    """How many shapes the scene of a held-out question holds (question ids are ``scene<seed>-<task>``)."""
+    return len(make_scene(int(question_id.split("-")[0].removeprefix("scene"))).things)
+
+
 def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed: int = 0,
                 text_only_share: float = 0.08, progress: bool = True) -> Path:
     """Generate images + LLaVA-format JSON under ``folder`` (skipped if already complete for these arguments).

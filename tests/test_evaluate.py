@@ -8,6 +8,7 @@ from conftest import make_image
 
 from minillava.evaluate import (
     beats_majority,
+    by_objects,
     choice_letter,
     exact_match,
     load_annotations,
@@ -171,12 +172,27 @@ def test_vision_probe_reads_the_features(model):
     assert probe_vision_features(Blind(), n_scenes=150)["colour"] <= 0.45
 
 
+def test_accuracy_by_number_of_shapes():
+    from minillava.toyworld import make_scene, objects_in
+
+    one, three = (next(s for s in range(100) if len(make_scene(s).things) == n) for n in (1, 3))
+    assert objects_in(f"scene{one}-colour") == 1 and objects_in(f"scene{three}-pope") == 3
+    questions = [{"question_id": f"scene{one}-colour"}, {"question_id": f"scene{three}-colour"},
+                 {"question_id": f"scene{three}-colour"}]
+    assert by_objects("colour", questions, ["red", "blue", "red"], ["Red", "blue", "green"]) == {1: 1.0, 3: 0.5}
+    assert by_objects("pope", questions, ["Yes", "no", "yes"], ["yes", "yes", "yes"]) == {1: 1.0, 3: 0.5}
+    assert by_objects("detail", questions, ["a"] * 3, ["a"] * 3) is None
+
+
 def test_report_names_the_failed_tasks_and_why(tmp_path):
     results = {"colour": {"accuracy": 0.9, "majority": 0.3, "n": 100, "short_share": 1.0, "examples": []},
+               "shape": {"accuracy": 0.4, "majority": 0.36, "n": 100, "short_share": 1.0, "examples": [],
+                         "by_objects": {1: 0.9, 2: 0.35, 3: 0.3}},
                "text": {"accuracy": 0.47, "majority": 0.47, "n": 100, "short_share": 1.0, "examples": []}}
     write_report(results, tmp_path, probe={"colour": 0.99, "shape": 0.6, "size": 0.7})
     report = (tmp_path / "report.md").read_text()
     section = report.split("## What it gets wrong, and why")[1].split("##")[0]
     assert "**text** (47% vs 47%)" in section and "HD grid encoder" in section
     assert "**colour**" not in section and "shape 60%" in section
+    assert "by number of shapes in the scene: 1: 90%, 2: 35%, 3: 30%" in section and "(binding)" in section
     assert json.loads((tmp_path / "vision_probe.json").read_text())["shape"] == 0.6
