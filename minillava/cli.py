@@ -49,11 +49,13 @@ def run_toy(args: argparse.Namespace) -> None:
     from .backbones import toy_setup
     from .evaluate import evaluate_toy, failure_notes, probe_vision_features, write_report
 
-    torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     world, vision_dir, llm_dir = toy_setup(args.train_images, args.eval_images, args.seed, fast=args.fast)
     print(f"backbones: {vision_dir.parent}")
+    # Seed after toy_setup: building the backbones (first run only) draws random numbers, and the connector's
+    # initialisation must not depend on whether they came from the cache.
+    torch.manual_seed(args.seed)
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=args.connector)
     stage1, stage2 = toy_recipes(world, args.fast)
     train(stage1, model, out / "stage1")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from minillava.cli import main, toy_recipes
 from minillava.model import MiniLlava
@@ -142,6 +143,10 @@ def test_run_toy_fast_end_to_end(tmp_path, monkeypatch, capsys):
     assert set(results) == set(EVAL_TASKS)
     main(["chat", "--model", str(tmp_path / "run"), "--image", str(next((tmp_path / "cache").glob("world-*"))
           / "images" / "000000.png"), "--question", "What is it?", "--max-new-tokens", "3"])
+    # a second run reuses the cached world and backbones, and must train exactly the same model
+    main(["run", "toy", "--fast", "--out", str(tmp_path / "again")])
+    first, second = (load_file(tmp_path / run / "stage1" / "connector.safetensors") for run in ("run", "again"))
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_hd_stage1_trains_and_saves_the_row_end_vector(clip_dir, llm_dir, world, tmp_path):
