@@ -67,3 +67,24 @@ def test_gpu_check_runs_on_cpu(tmp_path):
     out = run_bench("gpu_check.py", "--tiny", "--steps", "2", "--batch-size", "2", tmp_path=tmp_path)
     assert "| bf16 + checkpointing + compile | cpu |" in out
     assert "KV-cache decoding == full recomputation: True" in out
+
+
+def test_binding_lookup_runs_and_its_questions_are_answerable(tmp_path):
+    import importlib.util
+    import random
+
+    spec = importlib.util.spec_from_file_location("binding_lookup", BENCH / "binding_lookup.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    features, questions, answers = bench.make_batch(random.Random(0), 50, suffix=3)
+    assert questions.shape == (50, 2 + 3 + 1) and (questions[:, -1] == bench.ANSWER).all()
+    for f, q, a in zip(features, questions, answers):  # the answer is the other attribute of the named object
+        named = q[1].item()
+        on = f[:, named - bench.FIRST_COLOUR] if q[0] == bench.ASK_SHAPE else \
+            f[:, bench.COLOURS + named - bench.FIRST_SHAPE]
+        patch = f[on > 0][0]  # (F,): the one patch holding the named attribute
+        expected = bench.FIRST_COLOUR + patch[:bench.COLOURS].argmax() if q[0] == bench.ASK_COLOUR else \
+            bench.FIRST_SHAPE + patch[bench.COLOURS:bench.COLOURS + bench.SHAPES].argmax()
+        assert a.item() == expected.item() and (on > 0).sum() == 1
+    out = run_bench("binding_lookup.py", "--steps", "8", "--batch-size", "4", "--lr", "3e-4", tmp_path=tmp_path)
+    assert "| 0.0003 | 8 | 32 |" in out
