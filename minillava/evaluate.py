@@ -508,8 +508,8 @@ def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = Non
         if any(1 in sp and len(sp) > 1 and sp[1] - max(a for n, a in sp.items() if n > 1) > 0.2 for sp in splits):
             lines += ["", "High with one shape and low with several: the model reads an attribute but does not find "
                       "*the named* shape among several (binding). bench/README.md (\"Where binding fails\") "
-                      "measures why: the toy LM learns this lookup only from tens of thousands of such questions, "
-                      "even from perfect features."]
+                      "measures why: even from perfect features, the toy LM learns this lookup only after about ten "
+                      "thousand such questions, and only at a small enough learning rate."]
     if probe:
         lines += ["", "What the vision features hold (a linear probe of each object's patch features on fresh "
                   "scenes; chance: colour 25%, shape 33%, size 50%): "
