@@ -499,9 +499,9 @@ def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = Non
         lines.append("")
         for task in failed:
             r = results[task]
-            split = r.get("by_objects")
+            by_n = r.get("by_objects")
             split = "; by number of shapes in the scene: " + ", ".join(
-                f"{n}: {a:.0%}" for n, a in split.items()) if split else ""
+                f"{n}: {a:.0%}" for n, a in by_n.items()) if by_n else ""
             lines.append(f"- **{task}** ({r['accuracy']:.0%} vs {r['majority']:.0%}{split}): it needs to "
                          f"{TASK_NEEDS.get(task, '(no note for this task)')}.")
         splits = [results[t]["by_objects"] for t in failed if results[t].get("by_objects")]
