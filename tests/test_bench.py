@@ -88,3 +88,22 @@ def test_binding_lookup_runs_and_its_questions_are_answerable(tmp_path):
         assert a.item() == expected.item() and (on > 0).sum() == 1
     out = run_bench("binding_lookup.py", "--steps", "8", "--batch-size", "4", "--lr", "3e-4", tmp_path=tmp_path)
     assert "| 0.0003 | 8 | 32 |" in out
+
+
+def test_tower_objectives_runs_and_labels_the_right_patches(tmp_path):
+    import importlib.util
+
+    from minillava.toyworld import SHAPES, Scene, Thing
+
+    spec = importlib.util.spec_from_file_location("tower_objectives", BENCH / "tower_objectives.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # a 128 x 128 canvas on an 8 x 8 grid (16 px cells): a large circle (half-width 22) centred at (40, 40)
+    # covers the patch centres 24, 40, 56 in x and y -> 9 patches; everything else is unlabelled
+    scene = Scene(128, 128, (Thing("circle", "red", "large", 40, 40),), None, None, seed=0)
+    labels = bench.patch_labels(scene, grid=8)
+    on = (labels[:, 1] != -100).nonzero().flatten().tolist()
+    assert on == [gy * 8 + gx for gy in (1, 2, 3) for gx in (1, 2, 3)]
+    assert (labels[on, 1] == SHAPES.index("circle")).all() and (labels[on, 0] == 0).all()
+    out = run_bench("tower_objectives.py", "--fast", tmp_path=tmp_path)
+    assert "| patch labels |" in out and "| tagging (the default) |" in out
