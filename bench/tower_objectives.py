@@ -23,24 +23,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from minillava.backbones import BackboneSpec, tiny_vision_tower, toy_setup
+from minillava.backbones import BackboneSpec, tiny_vision_tower, tower_scenes, toy_setup
 from minillava.encoder import VisionEncoder, expand_to_square, mean_colour
 from minillava.evaluate import probe_vision_features
-from minillava.toyworld import COLOURS, SHAPES, SIZES, draw_scene, make_scene
+from minillava.toyworld import COLOURS, SHAPES, SIZES, draw_scene, patches_on
 
 
 def patch_labels(scene, grid: int) -> torch.Tensor:
     """(grid * grid, 3): colour, shape and size index of the object under each patch centre; -100 elsewhere."""
     labels = torch.full((grid * grid, 3), -100)
-    side = max(scene.width, scene.height)
-    dx, dy, cell = (side - scene.width) / 2, (side - scene.height) / 2, side / grid
     for t in scene.things:
-        r = SIZES[t.size]
-        for gy in range(grid):
-            for gx in range(grid):
-                if abs((gx + 0.5) * cell - (t.x + dx)) < r and abs((gy + 0.5) * cell - (t.y + dy)) < r:
-                    labels[gy * grid + gx] = torch.tensor([list(COLOURS).index(t.colour), SHAPES.index(t.shape),
-                                                           list(SIZES).index(t.size)])
+        labels[patches_on(t, scene, grid)] = torch.tensor([list(COLOURS).index(t.colour), SHAPES.index(t.shape),
+                                                          list(SIZES).index(t.size)])
     return labels
 
 
@@ -50,7 +44,7 @@ def pretrain_on_patch_labels(spec: BackboneSpec, n_scenes: int) -> VisionEncoder
     tower, processor = tiny_vision_tower(spec.image_size, spec.patch_size, spec.vision_width, spec.vision_layers)
     grid = spec.image_size // spec.patch_size
     pad = mean_colour(processor.image_mean)
-    scenes = [make_scene(10**9 + spec.seed * 7919 + i) for i in range(n_scenes)]  # the default tower's scenes
+    scenes = tower_scenes(spec, n_scenes)  # the scenes the default tower pretrains on
     pixels = processor([expand_to_square(draw_scene(s), pad) for s in scenes], return_tensors="pt")["pixel_values"]
     labels = torch.stack([patch_labels(s, grid) for s in scenes])  # (S, N, 3)
     heads = torch.nn.ModuleList([torch.nn.Linear(spec.vision_width, len(v)) for v in (COLOURS, SHAPES, SIZES)])

@@ -176,12 +176,19 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
     return lm.eval()
 
 
+def tower_scenes(spec: BackboneSpec, n: int = 2000) -> list:
+    """The toy scenes the vision tower pretrains on: seeded by ``spec.seed``, never the world's own images."""
+    from .toyworld import make_scene
+
+    return [make_scene(10**9 + spec.seed * 7919 + i) for i in range(n)]
+
+
 def toy_backbones(world: str | Path, spec: BackboneSpec | None = None, progress: bool = True) -> tuple[Path, Path]:
     """Build (or reuse from the cache) the toy vision tower and LM for a toy world; returns their folders.
 
     The folders hold ordinary Hugging Face checkpoints: ``MiniLlava.from_backbones(vision_dir, llm_dir)``.
     """
-    from .toyworld import corpus, draw_scene, make_scene  # toyworld does not depend on us
+    from .toyworld import corpus, draw_scene  # toyworld does not depend on us
 
     spec = spec or BackboneSpec()
     world = Path(world)
@@ -191,7 +198,7 @@ def toy_backbones(world: str | Path, spec: BackboneSpec | None = None, progress:
         return vision_dir, llm_dir
     texts = corpus(world)
     tokenizer = train_tokenizer(texts + _template_text(), vocab_size=spec.vocab_size)
-    scenes = [make_scene(10**9 + spec.seed * 7919 + i) for i in range(2000)]  # not the world's images
+    scenes = tower_scenes(spec)
     images, tags = [], []
     rng = random.Random(spec.seed)
     for scene in scenes:
@@ -201,8 +208,11 @@ def toy_backbones(world: str | Path, spec: BackboneSpec | None = None, progress:
         crop, crop_tags = _native_crop(scene, image, spec.image_size, rng)
         images.append(crop)
         tags.append(crop_tags)
-    tower, processor = pretrain_vision_tower(images, tags, spec, progress)
-    lm = pretrain_language_model(tokenizer, texts, spec, progress)
+    # The pretraining seeds torch itself (spec.seed); fork_rng gives the caller back its random state, so what
+    # the caller does next (e.g. initialising a connector) is the same whether the backbones were built or cached.
+    with torch.random.fork_rng(devices=[]):
+        tower, processor = pretrain_vision_tower(images, tags, spec, progress)
+        lm = pretrain_language_model(tokenizer, texts, spec, progress)
     save_backbone(vision_dir.with_suffix(".tmp"), tower, processor).rename(vision_dir)
     save_backbone(llm_dir.with_suffix(".tmp"), lm, tokenizer).rename(llm_dir)
     return vision_dir, llm_dir

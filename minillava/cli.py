@@ -53,9 +53,7 @@ def run_toy(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     world, vision_dir, llm_dir = toy_setup(args.train_images, args.eval_images, args.seed, fast=args.fast)
     print(f"backbones: {vision_dir.parent}")
-    # Seed after toy_setup: building the backbones (first run only) draws random numbers, and the connector's
-    # initialisation must not depend on whether they came from the cache.
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the connector's initialisation
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=args.connector)
     stage1, stage2 = toy_recipes(world, args.fast)
     train(stage1, model, out / "stage1")

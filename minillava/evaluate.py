@@ -357,7 +357,7 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
     """
     import torch
 
-    from .toyworld import COLOURS, SHAPES, SIZES, draw_scene, make_scene
+    from .toyworld import COLOURS, SHAPES, SIZES, draw_scene, make_scene, patches_on
 
     features, labels = [], {"colour": [], "shape": [], "size": []}
     grid = int(encoder.num_patches ** 0.5)
@@ -369,10 +369,8 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
         side = max(scene.width, scene.height)
         dx, dy, cell = (side - scene.width) / 2, (side - scene.height) / 2, side / grid
         for t in scene.things:
-            r = SIZES[t.size]
-            on = [gy * grid + gx for gy in range(grid) for gx in range(grid)
-                  if abs((gx + 0.5) * cell - (t.x + dx)) < r and abs((gy + 0.5) * cell - (t.y + dy)) < r]
-            on = on or [int((t.y + dy) // cell) * grid + int((t.x + dx) // cell)]  # a small object
+            on = patches_on(t, scene, grid)
+            on = on or [int((t.y + dy) // cell) * grid + int((t.x + dx) // cell)]  # a small object: its centre
             features.append(patches[on].mean(0))
             labels["colour"].append(list(COLOURS).index(t.colour))
             labels["shape"].append(SHAPES.index(t.shape))
@@ -435,8 +433,9 @@ def evaluate_toy(model, world: str | Path, out: str | Path, batch_size: int = 64
 
 def by_objects(task: str, questions: Sequence[dict], predictions: Sequence[str],
                references: Sequence[str]) -> dict[int, float] | None:
-    """Accuracy split by how many shapes the question's scene holds ({1: 0.9, 2: 0.4, 3: 0.45}; None for the
-    tasks without an accuracy). With one shape there is nothing to look up: a model that reads colours but
+    """Accuracy split by how many shapes the question's scene holds ({1: 0.9, 2: 0.4, 3: 0.45}); None for
+    ``detail`` (no accuracy), ``text`` (about the character, not the shapes) and ``where`` (a format probe).
+    With one shape there is nothing to look up: a model that reads colours but
     cannot find *the named* shape among several scores high at 1 and near chance at 2 and 3."""
     from .toyworld import objects_in
 

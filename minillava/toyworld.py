@@ -251,6 +251,16 @@ def eval_questions(scene: Scene, image: str, rng: random.Random) -> list[dict]:
              "text": with_format_prompt(q, fmt) if fmt else q, "answer": a} for task, q, fmt, a in out]
 
 
+def patches_on(thing: Thing, scene: Scene, grid: int) -> list[int]:
+    """Indices (row-major) of the ``grid`` x ``grid`` patches whose centres lie on ``thing`` once the image is
+    padded to a square, as stage 2 and the evaluation see it (may be empty for a small object on a coarse grid)."""
+    side = max(scene.width, scene.height)
+    dx, dy, cell = (side - scene.width) / 2, (side - scene.height) / 2, side / grid
+    r = SIZES[thing.size]
+    return [gy * grid + gx for gy in range(grid) for gx in range(grid)
+            if abs((gx + 0.5) * cell - (thing.x + dx)) < r and abs((gy + 0.5) * cell - (thing.y + dy)) < r]
+
+
 def objects_in(question_id: str) -> int:
     """How many shapes the scene of a held-out question holds (question ids are ``scene<seed>-<task>``)."""
     return len(make_scene(int(question_id.split("-")[0].removeprefix("scene"))).things)

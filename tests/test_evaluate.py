@@ -196,3 +196,12 @@ def test_report_names_the_failed_tasks_and_why(tmp_path):
     assert "**colour**" not in section and "shape 60%" in section
     assert "by number of shapes in the scene: 1: 90%, 2: 35%, 3: 30%" in section and "(binding)" in section
     assert json.loads((tmp_path / "vision_probe.json").read_text())["shape"] == 0.6
+
+
+def test_patches_on_uses_the_padded_square():
+    from minillava.toyworld import Scene, Thing, patches_on
+
+    # a 160 x 128 canvas is padded to 160 x 160 (16 px on top); 8 x 8 grid -> 20 px cells with centres 10, 30, ...
+    # a small circle (half-width 13) at (50, 34) sits at (50, 50) on the square: centres 50 only (|30-50| = 20)
+    thing = Thing("circle", "red", "small", 50, 34)
+    assert patches_on(thing, Scene(160, 128, (thing,), None, None, seed=0), grid=8) == [2 * 8 + 2]

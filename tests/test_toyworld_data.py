@@ -167,3 +167,13 @@ def test_records_from_hugging_face_datasets(model):
     assert sample["pixel_values"].shape == (1, 3, 32, 32) and data[1]["pixel_values"] is None
     torch.testing.assert_close(sample["pixel_values"], model.prepare_image(image)["pixel_values"])
     assert sample["image_size"] == (20, 10)
+
+
+def test_building_backbones_leaves_the_callers_random_state_alone(world, tmp_path, monkeypatch):
+    from minillava.backbones import BackboneSpec, toy_backbones
+
+    monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    toy_backbones(world, BackboneSpec(vision_steps=2, lm_steps=2), progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)  # built or cached, the caller's next draw is the same
