@@ -60,7 +60,8 @@ def train_lookup(lr: float, steps: int, batch_size: int, suffix: int, seed: int 
     spec = BackboneSpec()
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=ANSWER + 9, hidden_size=spec.lm_width,
                                       intermediate_size=4 * spec.lm_width, num_hidden_layers=spec.lm_layers,
-                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256))
+                                      num_attention_heads=spec.lm_heads, num_key_value_heads=spec.lm_heads,
+                                      max_position_embeddings=256))
     connector = build_connector("mlp2x_gelu", FEATURES, spec.lm_width)
     optimizer = torch.optim.AdamW([*lm.parameters(), *connector.parameters()], lr=lr, weight_decay=0.0)
     rng, held_out = random.Random(seed), random.Random(seed + 1)

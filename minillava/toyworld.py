@@ -11,9 +11,9 @@ relative to an image folder), mirroring the real mix:
 - stage 1 (``stage1.json``, like LCS-558K): brief captions for the ``plain`` template;
 - stage 2 (``stage2.json``, like llava_v1_5_mix665k): detailed descriptions and multi-turn conversations (long
   answers, no format prompt); short-answer VQA (colour, shape, counting) with the short-answer prompt; multiple
-  choice with the letter prompt; POPE-style yes/no existence questions (half about absent objects); reading the
-  tiny character; region description and bounding boxes (normalised on the padded square, 2 decimals); and a
-  share of text-only conversations;
+  choice with the letter prompt; POPE-style yes/no existence questions (one about a present and one about an
+  absent object); reading the tiny character; region description and bounding boxes (normalised on the padded
+  square, 2 decimals); and a share of text-only conversations;
 - held-out evaluation sets (``eval/<task>.jsonl`` questions in the LLaVA layout, ``question_id``, ``image``,
   ``text``, ``category``; answers in ``eval/<task>_answers.jsonl``).
 """
@@ -36,7 +36,7 @@ SIZES = {"small": 13, "large": 22}  # half-width in pixels on a 128-pixel canvas
 CHARACTERS = "ABCDEFHKLMNPRTXZ2345679"  # glyphs that stay distinct in a tiny font
 CANVAS_SIZES = ((128, 128), (160, 128), (128, 160))  # (width, height): square, landscape, portrait
 NUMBER_WORDS = ["zero", "one", "two", "three"]
-WORLD_VERSION = 3  # bump when the generator changes, so cached worlds (and backbones built on them) are rebuilt
+WORLD_VERSION = 4  # bump when the generator changes, so cached worlds (and backbones built on them) are rebuilt
 
 
 @dataclass(frozen=True)
@@ -154,9 +154,10 @@ def short_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
     return "How many shapes are there?", str(len(scene.things))
 
 
-def pope_qa(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    name = rng.choice(scene.things).name if rng.random() < 0.5 else absent_thing(scene, rng)
-    present = any(t.name == name for t in scene.things)
+def pope_qa(scene: Scene, rng: random.Random, present: bool | None = None) -> tuple[str, str]:
+    """A POPE-style existence question about an object that is in the scene or not (by default: a coin flip)."""
+    present = rng.random() < 0.5 if present is None else present
+    name = rng.choice(scene.things).name if present else absent_thing(scene, rng)
     return f"Is there a {name} in the image?", "yes" if present else "no"
 
 
@@ -193,7 +194,9 @@ def task_pairs(kind: str, scene: Scene, rng: random.Random) -> list[tuple[str, s
         q, a = choice_qa(scene, rng)
         return [(with_format_prompt(q, MULTIPLE_CHOICE), a)]
     if kind == "pope":
-        return [(with_format_prompt(q, SHORT_ANSWER), a) for q, a in (pope_qa(scene, rng) for _ in range(2))]
+        pairs = [pope_qa(scene, rng, present=True), pope_qa(scene, rng, present=False)]  # one of each, as POPE
+        rng.shuffle(pairs)
+        return [(with_format_prompt(q, SHORT_ANSWER), a) for q, a in pairs]
     if kind == "text":
         return [(with_format_prompt("What character is printed in the image?", SHORT_ANSWER),
                  scene.character or "none")]
@@ -251,14 +254,48 @@ def eval_questions(scene: Scene, image: str, rng: random.Random) -> list[dict]:
              "text": with_format_prompt(q, fmt) if fmt else q, "answer": a} for task, q, fmt, a in out]
 
 
-def patches_on(thing: Thing, scene: Scene, grid: int) -> list[int]:
-    """Indices (row-major) of the ``grid`` x ``grid`` patches whose centres lie on ``thing`` once the image is
-    padded to a square, as stage 2 and the evaluation see it (may be empty for a small object on a coarse grid)."""
+def padded_view(scene: Scene) -> tuple[float, float, float]:
+    """``(left, top, side)`` in canvas pixels of what the image padded to a square shows (LLaVA-1.5's ``pad``)."""
     side = max(scene.width, scene.height)
-    dx, dy, cell = (side - scene.width) / 2, (side - scene.height) / 2, side / grid
-    r = SIZES[thing.size]
+    return (scene.width - side) / 2, (scene.height - side) / 2, side
+
+
+def patches_on(thing: Thing, scene: Scene, grid: int, view: tuple[float, float, float] | None = None) -> list[int]:
+    """Indices (row-major) of the ``grid`` x ``grid`` patches whose centres lie on ``thing``.
+
+    ``view`` is the square of the canvas the image shows, ``(left, top, side)`` in canvas pixels: by default the
+    image padded to a square, as stage 2 and the evaluation see it; a crop for a close-up. May be empty for a small
+    object on a coarse grid.
+    """
+    left, top, side = view or padded_view(scene)
+    cell, r = side / grid, SIZES[thing.size]
     return [gy * grid + gx for gy in range(grid) for gx in range(grid)
-            if abs((gx + 0.5) * cell - (thing.x + dx)) < r and abs((gy + 0.5) * cell - (thing.y + dy)) < r]
+            if abs(left + (gx + 0.5) * cell - thing.x) < r and abs(top + (gy + 0.5) * cell - thing.y) < r]
+
+
+ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES), "character": list(CHARACTERS)}
+
+
+def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | None = None,
+                 character: bool = False) -> list[list[int]]:
+    """What lies under each patch: ``grid * grid`` rows of ``[colour, shape, size, character]`` indices into
+    ``ATTRIBUTES``, -100 where there is nothing to say (background; the character unless ``character``).
+
+    The vision tower learns from these (``backbones.pretrain_vision_tower``). The character is labelled on the one
+    patch holding the centre of its glyph, and only when asked: in a close-up, where it is legible.
+    """
+    labels = [[-100] * len(ATTRIBUTES) for _ in range(grid * grid)]
+    for t in scene.things:
+        for i in patches_on(t, scene, grid, view):
+            labels[i][:3] = [ATTRIBUTES["colour"].index(t.colour), SHAPES.index(t.shape),
+                             ATTRIBUTES["size"].index(t.size)]
+    if character and scene.character:
+        left, top, side = view or padded_view(scene)
+        # the glyph of the 9-pixel font spans about (x, y + 3) to (x + 6, y + 9) from the point it is drawn at
+        gx, gy = ((scene.char_xy[0] + 3 - left) * grid / side, (scene.char_xy[1] + 6 - top) * grid / side)
+        if 0 <= gx < grid and 0 <= gy < grid:
+            labels[int(gy) * grid + int(gx)][3] = CHARACTERS.index(scene.character)
+    return labels
 
 
 def objects_in(question_id: str) -> int:

@@ -90,20 +90,27 @@ def test_binding_lookup_runs_and_its_questions_are_answerable(tmp_path):
     assert "| 0.0003 | 8 | 32 |" in out
 
 
-def test_tower_objectives_runs_and_labels_the_right_patches(tmp_path):
+def test_tower_objectives_runs_and_tags_from_patch_labels(tmp_path):
     import importlib.util
 
-    from minillava.toyworld import SHAPES, Scene, Thing
+    import torch
+
+    from minillava.toyworld import ATTRIBUTES, Scene, Thing, patch_labels
 
     spec = importlib.util.spec_from_file_location("tower_objectives", BENCH / "tower_objectives.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    # a 128 x 128 canvas on an 8 x 8 grid (16 px cells): a large circle (half-width 22) centred at (40, 40)
-    # covers the patch centres 24, 40, 56 in x and y -> 9 patches; everything else is unlabelled
-    scene = Scene(128, 128, (Thing("circle", "red", "large", 40, 40),), None, None, seed=0)
-    labels = bench.patch_labels(scene, grid=8)
-    on = (labels[:, 1] != -100).nonzero().flatten().tolist()
-    assert on == [gy * 8 + gx for gy in (1, 2, 3) for gx in (1, 2, 3)]
-    assert (labels[on, 1] == SHAPES.index("circle")).all() and (labels[on, 0] == 0).all()
+    # a large red circle and, in the close-up, the character "A": exactly those two tags, and none for an empty view
+    scene = Scene(128, 128, (Thing("circle", "red", "large", 40, 40),), "A", (20, 30), seed=0)
+    labels = torch.tensor([patch_labels(scene, 8, view=(0, 0, 64), character=True),
+                           patch_labels(scene, 8, view=(64, 64, 64), character=True)])
+    tags = bench.tags_from(labels)
+    n = [len(v) for v in ATTRIBUTES.values()]
+    red, circle, large = (ATTRIBUTES[k].index(v) for k, v in (("colour", "red"), ("shape", "circle"),
+                                                               ("size", "large")))
+    assert tags.shape == (2, n[0] * n[1] * n[2] + n[3])
+    assert tags[0].nonzero().flatten().tolist() == [(red * n[1] + circle) * n[2] + large,
+                                                    n[0] * n[1] * n[2] + ATTRIBUTES["character"].index("A")]
+    assert tags[1].sum() == 0
     out = run_bench("tower_objectives.py", "--fast", tmp_path=tmp_path)
-    assert "| patch labels |" in out and "| tagging (the default) |" in out
+    assert "| patch labels (the default) |" in out and "| tagging |" in out

@@ -48,6 +48,21 @@ def test_world_mirrors_the_llava_mix(world):
     assert set(questions[0]) == {"question_id", "image", "text", "category"}
 
 
+def test_pope_records_ask_about_one_present_and_one_absent_object(world):
+    records = [r for r in load_records(world / "stage2.json") if "pope" in r["id"].split("-")[-1].split("+")]
+    assert records
+    for record in records:
+        scene = make_scene(int(record["id"].split("-")[0].removeprefix("scene")))
+        present = {t.name for t in scene.things}
+        asked = [(turn["value"].removeprefix(IMAGE + "\n").split("\n")[0], answer["value"])
+                 for turn, answer in zip(record["conversations"][::2], record["conversations"][1::2])
+                 if turn["value"].removeprefix(IMAGE + "\n").startswith("Is there a ")]
+        assert sorted(a for _, a in asked) == ["no", "yes"], record["id"]
+        for question, answer in asked:
+            name = question.removeprefix("Is there a ").removesuffix(" in the image?")
+            assert (name in present) == (answer == "yes"), record["id"]
+
+
 def test_toy_records_validate_and_tokenize(model, world):
     for name, template in (("stage1.json", "plain"), ("stage2.json", "vicuna_v1")):
         data = dataset(model, load_records(world / name), world / "images", template=template)
@@ -177,3 +192,24 @@ def test_building_backbones_leaves_the_callers_random_state_alone(world, tmp_pat
     before = torch.random.get_rng_state()
     toy_backbones(world, BackboneSpec(vision_steps=2, lm_steps=2), progress=False)
     assert torch.equal(torch.random.get_rng_state(), before)  # built or cached, the caller's next draw is the same
+
+
+def test_patch_labels_name_what_lies_under_each_patch():
+    from minillava.toyworld import ATTRIBUTES, Scene, Thing, draw_scene, patch_labels
+
+    # 128 x 128 canvas, 8 x 8 grid: 16 px cells with centres 8, 24, 40, ...; a large red circle (half-width 22)
+    # at (40, 40) covers the centres 24, 40, 56 in x and y -> 9 patches
+    scene = Scene(128, 128, (Thing("circle", "red", "large", 40, 40),), "A", (100, 116), seed=0)
+    labels = patch_labels(scene, grid=8)
+    on = [i for i, row in enumerate(labels) if row[1] != -100]
+    assert on == [gy * 8 + gx for gy in (1, 2, 3) for gx in (1, 2, 3)]
+    circle = [ATTRIBUTES["colour"].index("red"), ATTRIBUTES["shape"].index("circle"), ATTRIBUTES["size"].index("large")]
+    assert all(labels[i][:3] == circle for i in on)
+    assert all(row[3] == -100 for row in labels)  # the character only when asked for
+    # a 64 px close-up at (64, 64) with 8 px cells: the glyph drawn at (100, 116) has its centre near (103, 122),
+    # cell ((103 - 64) // 8, (122 - 64) // 8) = (4, 7); the circle (18..62) lies outside the crop
+    close = patch_labels(scene, grid=8, view=(64, 64, 64), character=True)
+    assert [i for i, row in enumerate(close) if row != [-100] * 4] == [7 * 8 + 4]
+    assert close[7 * 8 + 4][3] == ATTRIBUTES["character"].index("A")
+    ink = draw_scene(scene).convert("L").crop((64 + 4 * 8, 64 + 7 * 8, 64 + 5 * 8, 64 + 8 * 8))  # that cell
+    assert min(ink.getdata()) < 100  # the dark glyph is really drawn there
