@@ -123,14 +123,15 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
     each attribute of what lies under it (the toy world's colour, shape, size and character), -100 where there is
     nothing to say; ``classes[i]`` is how many values attribute i has. One linear head per attribute reads every
     patch feature of the layer LLaVA uses (-2) and is trained with cross-entropy, plus a small penalty that keeps
-    the features centred (measured: with it, a tiny LM learns to bind colours to shapes about three times faster
-    in stage 2).
+    the features centred (measured with the earlier tagging objective: with it, a tiny LM learned to bind colours
+    to shapes about three times faster in stage 2).
 
     Why not CLIP's contrastive loss, as the real tower was trained: at this size and a CPU-minute budget we
     measured that contrastive training on the toy captions learns colours but not shapes, and so does tagging
     (an image's score for "large red circle" is its best patch): a linear probe reads an object's shape from its
-    own patches 72% of the time, a random tower 68-70%. Per-patch labels, at the same budget, give 98%
-    (``bench/tower_objectives.py``). The result is the same kind of thing as CLIP's patch features at layer -2 in
+    own patches 72% of the time, a random tower 68-70%. Per-patch labels, at the same budget, give about 90%
+    (97% on whole scenes alone; here half the images are close-ups for the HD encoder). See
+    ``bench/tower_objectives.py``. The result is the same kind of thing as CLIP's patch features at layer -2 in
     LLaVA: each patch says what is there, which is what the LM needs to find "the red object".
     """
     torch.manual_seed(spec.seed)
