@@ -287,14 +287,14 @@ def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | Non
     labels = [[-100] * len(ATTRIBUTES) for _ in range(grid * grid)]
     for t in scene.things:
         for i in patches_on(t, scene, grid, view):
-            labels[i][:3] = [ATTRIBUTES["colour"].index(t.colour), SHAPES.index(t.shape),
-                             ATTRIBUTES["size"].index(t.size)]
+            labels[i][:3] = [ATTRIBUTES[a].index(v) for a, v in (("colour", t.colour), ("shape", t.shape),
+                                                                  ("size", t.size))]
     if character and scene.character:
         left, top, side = view or padded_view(scene)
         # the glyph of the 9-pixel font spans about (x, y + 3) to (x + 6, y + 9) from the point it is drawn at
         gx, gy = ((scene.char_xy[0] + 3 - left) * grid / side, (scene.char_xy[1] + 6 - top) * grid / side)
         if 0 <= gx < grid and 0 <= gy < grid:
-            labels[int(gy) * grid + int(gx)][3] = CHARACTERS.index(scene.character)
+            labels[int(gy) * grid + int(gx)][3] = ATTRIBUTES["character"].index(scene.character)
     return labels
 
 
