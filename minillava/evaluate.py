@@ -357,7 +357,7 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
     """
     import torch
 
-    from .toyworld import COLOURS, SHAPES, SIZES, draw_scene, make_scene, patches_on
+    from .toyworld import ATTRIBUTES, draw_scene, make_scene, padded_view, patches_on
 
     features, labels = [], {"colour": [], "shape": [], "size": []}
     grid = int(encoder.num_patches ** 0.5)
@@ -366,15 +366,14 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
         encoded = [encoder(encoder.preprocess([draw_scene(s) for s in scenes[i:i + 64]], "pad")).float().cpu()
                    for i in range(0, n_scenes, 64)]  # the probe trains on the CPU, wherever the encoder is
     for scene, patches in zip(scenes, torch.cat(encoded)):  # patches: (N, D)
-        side = max(scene.width, scene.height)
-        dx, dy, cell = (side - scene.width) / 2, (side - scene.height) / 2, side / grid
+        left, top, side = padded_view(scene)
+        cell = side / grid
         for t in scene.things:
             on = patches_on(t, scene, grid)
-            on = on or [int((t.y + dy) // cell) * grid + int((t.x + dx) // cell)]  # a small object: its centre
+            on = on or [int((t.y - top) // cell) * grid + int((t.x - left) // cell)]  # a small object: its centre
             features.append(patches[on].mean(0))
-            labels["colour"].append(list(COLOURS).index(t.colour))
-            labels["shape"].append(SHAPES.index(t.shape))
-            labels["size"].append(list(SIZES).index(t.size))
+            for attribute, value in (("colour", t.colour), ("shape", t.shape), ("size", t.size)):
+                labels[attribute].append(ATTRIBUTES[attribute].index(value))
     x = torch.stack(features)  # (objects, D)
     split = int(0.8 * len(x))
     x = (x - x[:split].mean(0)) / (x[:split].std(0) + 1e-6)
