@@ -218,13 +218,17 @@ def toy_backbones(world: str | Path, spec: BackboneSpec | None = None, progress:
 
     The folders hold ordinary Hugging Face checkpoints: ``MiniLlava.from_backbones(vision_dir, llm_dir)``.
     """
-    from .toyworld import ATTRIBUTES, corpus  # toyworld does not depend on us
+    from .toyworld import ATTRIBUTES, building_folder, corpus, move_into_place  # toyworld does not depend on us
 
     spec = spec or BackboneSpec()
     world = Path(world)
     root = cache_dir() / f"backbones-{spec.key((world / 'world.json').read_text(), str(BACKBONES_VERSION))}"
     vision_dir, llm_dir = root / "vision", root / "llm"
-    if (vision_dir / "config.json").exists() and (llm_dir / "config.json").exists():
+
+    def complete(folder: Path) -> bool:
+        return (folder / "vision" / "config.json").exists() and (folder / "llm" / "config.json").exists()
+
+    if complete(root):
         return vision_dir, llm_dir
     texts = corpus(world)
     tokenizer = train_tokenizer(texts + _template_text(), vocab_size=spec.vocab_size)
@@ -235,8 +239,10 @@ def toy_backbones(world: str | Path, spec: BackboneSpec | None = None, progress:
         tower, processor = pretrain_vision_tower(images, labels, [len(v) for v in ATTRIBUTES.values()], spec,
                                                   progress)
         lm = pretrain_language_model(tokenizer, texts, spec, progress)
-    save_backbone(vision_dir.with_suffix(".tmp"), tower, processor).rename(vision_dir)
-    save_backbone(llm_dir.with_suffix(".tmp"), lm, tokenizer).rename(llm_dir)
+    built = building_folder(root)
+    save_backbone(built / "vision", tower, processor)
+    save_backbone(built / "llm", lm, tokenizer)
+    move_into_place(built, root, complete)
     return vision_dir, llm_dir
 
 

@@ -31,16 +31,23 @@ def toy_llava(fast: bool = False, progress: bool = True) -> tuple[MiniLlava, Pat
     Returns ``(model, world, run_folder)``; the notebooks use it so that each can start from a trained model.
     """
     from .backbones import cache_dir, toy_setup
+    from .toyworld import building_folder, move_into_place
 
     world, vision_dir, llm_dir = toy_setup(fast=fast, progress=progress)
     run = cache_dir() / f"toy-llava-{vision_dir.parent.name}{'-fast' if fast else ''}"
-    if not (run / "stage2" / "model" / "model.safetensors").exists():
+
+    def complete(folder: Path) -> bool:
+        return (folder / "stage2" / "model" / "model.safetensors").exists()
+
+    if not complete(run):
+        built = building_folder(run)  # trained aside, moved into place when done (toyworld.move_into_place)
         torch.manual_seed(0)
         model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir))
         stage1, stage2 = toy_recipes(world, fast)
-        train(stage1, model, run / "stage1", progress=progress)
-        load_connector(model, run / "stage1")
-        train(stage2, model, run / "stage2", progress=progress)
+        train(stage1, model, built / "stage1", progress=progress)
+        load_connector(model, built / "stage1")
+        train(stage2, model, built / "stage2", progress=progress)
+        move_into_place(built, run, complete)
     return MiniLlava.from_pretrained(run / "stage2" / "model").eval(), world, run
 
 

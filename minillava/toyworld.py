@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -310,12 +313,17 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     Layout: ``images/*.png``, ``stage1.json``, ``stage2.json``, ``eval/<task>.jsonl``,
     ``eval/<task>_answers.jsonl`` and ``world.json`` (the arguments, so a different world is never reused).
     """
-    folder = Path(folder)
+    final = Path(folder)
     spec = {"version": WORLD_VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed,
             "text_only_share": text_only_share}
-    if (folder / "world.json").exists() and json.loads((folder / "world.json").read_text()) == spec:
-        return folder
-    (folder / "images").mkdir(parents=True, exist_ok=True)
+
+    def complete(f: Path) -> bool:
+        return (f / "world.json").exists() and json.loads((f / "world.json").read_text()) == spec
+
+    if complete(final):
+        return final
+    folder = building_folder(final)  # built aside, moved into place when complete
+    (folder / "images").mkdir()
     (folder / "eval").mkdir(exist_ok=True)
     rng = random.Random(seed)
     stage1, stage2, questions = [], [], {task: [] for task in EVAL_TASKS}
@@ -344,7 +352,33 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
                 f_q.write(json.dumps({k: q[k] for k in ("question_id", "image", "text", "category")}) + "\n")
                 f_a.write(json.dumps({"question_id": q["question_id"], "answer": q["answer"]}) + "\n")
     (folder / "world.json").write_text(json.dumps(spec))
-    return folder
+    move_into_place(folder, final, complete)
+    return final
+
+
+def building_folder(folder: Path) -> Path:
+    """A new, empty folder next to ``folder``, unique to this caller, to build ``folder``'s contents in."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{folder.name}.building-", dir=folder.parent))
+
+
+def move_into_place(built: Path, folder: Path, complete: Callable[[Path], bool]) -> None:
+    """Rename the freshly ``built`` folder (from ``building_folder``) to ``folder``.
+
+    Cached worlds and backbones are built aside and renamed at the end (one atomic step), so a crash never
+    leaves a half-written folder that looks finished, and two processes building the same thing at once (two
+    notebooks, parallel tests) never read each other's half-written files. If ``folder`` is already there and
+    ``complete``, another process finished first: theirs is kept and ours deleted. Anything else there (an
+    interrupted build of an older version) is replaced.
+    """
+    try:
+        built.rename(folder)  # replaces an empty folder; fails if a non-empty one is there
+    except OSError:
+        if complete(folder):
+            shutil.rmtree(built)
+            return
+        shutil.rmtree(folder)
+        built.rename(folder)
 
 
 def corpus(folder: str | Path) -> list[str]:

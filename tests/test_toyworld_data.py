@@ -194,6 +194,29 @@ def test_building_backbones_leaves_the_callers_random_state_alone(world, tmp_pat
     assert torch.equal(torch.random.get_rng_state(), before)  # built or cached, the caller's next draw is the same
 
 
+def test_cached_builds_happen_aside_and_survive_a_concurrent_builder(world, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from minillava.backbones import BackboneSpec, toy_backbones
+
+    # an interrupted build of an older version is replaced, not mistaken for a finished world
+    stale = tmp_path / "w"
+    (stale / "images").mkdir(parents=True)
+    (stale / "images" / "junk.png").write_bytes(b"half a file")
+    assert write_world(stale, n_train=60, n_eval=6, seed=3, progress=False) == stale
+    assert not (stale / "images" / "junk.png").exists()
+    assert (stale / "stage2.json").read_bytes() == (world / "stage2.json").read_bytes()
+    # two builders of the same backbones at once (two notebooks starting together): both get the finished
+    # folders, and nothing half-built is left next to them
+    monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
+    spec = BackboneSpec(vision_steps=2, lm_steps=2)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: toy_backbones(world, spec, progress=False), range(2)))
+    assert results[0] == results[1] and (results[0][1] / "config.json").exists()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [results[0][0].parent.name]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("w")] == ["w"]
+
+
 def test_patch_labels_name_what_lies_under_each_patch():
     from minillava.toyworld import ATTRIBUTES, Scene, Thing, draw_scene, patch_labels
 
