@@ -16,10 +16,25 @@ from minillava.prompts import TEMPLATES
 # cells, fewer steps. Set here, before any notebook kernel starts; `MINILLAVA_FAST=1 pytest notebooks` alone.
 os.environ.setdefault("MINILLAVA_FAST", "1")
 
+# Under pytest-xdist (`pytest -n 2`, the README's command) the workers share the cores: each worker, and the
+# notebook kernels and bench scripts it starts, use their share of them instead of all (oversubscribed torch
+# threads are slower than fewer).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    torch.set_num_threads(_threads)
+
 CORPUS = [TEMPLATES["vicuna_v1"].system, TEMPLATES["llava_v1"].system,
           "USER: What colour is the circle? ASSISTANT: The circle is red.</s>",
           "Answer the question using a single word or phrase.", "a red circle and a blue square",
           "The quick brown fox jumps over the lazy dog. 0123456789 ,.:;?!'\n"] * 20
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory):
+    """One cache folder (``MINILLAVA_CACHE``) for the tests that build tiny toy worlds and backbones: built once,
+    reused by the rest, as a user's cache is."""
+    return tmp_path_factory.mktemp("toy_cache")
 
 
 @pytest.fixture(scope="session")

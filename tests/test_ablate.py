@@ -28,8 +28,8 @@ def test_claims_verdicts():
     assert "| unclear |" in claims_table(results)
 
 
-def test_ablation_end_to_end_on_a_tiny_budget(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
+def test_ablation_end_to_end_on_a_tiny_budget(tmp_path, toy_cache, monkeypatch):
+    monkeypatch.setenv("MINILLAVA_CACHE", str(toy_cache))
     results = ablate(tmp_path / "out", Budget.tiny(), progress=False)
     assert set(results) == set(GROUPS)
     for group, variants in results.items():
@@ -53,10 +53,10 @@ def test_unknown_group_is_named(tmp_path):
         ablate(tmp_path, Budget(seeds=[0]), groups=["resolutoin"])
 
 
-def test_ablate_quick_command_prints_the_claims(tmp_path, monkeypatch, capsys):
+def test_ablate_quick_command_prints_the_claims(tmp_path, toy_cache, monkeypatch, capsys):
     from minillava.cli import main
 
-    monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MINILLAVA_CACHE", str(toy_cache))
     monkeypatch.setattr(Budget, "quick", classmethod(lambda cls: Budget.tiny()))  # the suite's reduced budget
     main(["ablate", "--quick", "--out", str(tmp_path / "out"), "--groups", "format"])
     out = capsys.readouterr().out

@@ -22,54 +22,55 @@ def test_toy_run_bench_runs():
     assert "min wall, peak RSS" in result.stdout
 
 
-def run_bench(script, *args, tmp_path):
+def run_bench(script, *args, cache):
+    """Run a bench script; ``cache``: its MINILLAVA_CACHE (the suite's shared ``toy_cache``)."""
     import os
 
-    env = dict(os.environ, MINILLAVA_CACHE=str(tmp_path / "cache"))
+    env = dict(os.environ, MINILLAVA_CACHE=str(cache))
     result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
                             timeout=600, check=False, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
 
-def test_train_step_runs(tmp_path):
-    out = run_bench("train_step.py", "--size", "toy", "--repeats", "1", tmp_path=tmp_path)
+def test_train_step_runs(toy_cache):
+    out = run_bench("train_step.py", "--size", "toy", "--repeats", "1", cache=toy_cache)
     assert "minillava / transformers step time" in out and "| transformers |" in out
 
 
-def test_generate_runs(tmp_path):
+def test_generate_runs(toy_cache):
     out = run_bench("generate.py", "--size", "toy", "--repeats", "1", "--new-tokens", "3", "--batches", "1,2",
-                    tmp_path=tmp_path)
+                    cache=toy_cache)
     assert "| 2 | no |" in out and "| True |" in out  # same tokens as transformers
 
 
-def test_padding_runs(tmp_path):
-    out = run_bench("padding.py", "--fast", "--batch-sizes", "4", tmp_path=tmp_path)
+def test_padding_runs(toy_cache):
+    out = run_bench("padding.py", "--fast", "--batch-sizes", "4", cache=toy_cache)
     assert "| 4 |" in out
 
 
-def test_stage1_runs(tmp_path):
-    out = run_bench("stage1.py", "--size", "toy", "--repeats", "1", tmp_path=tmp_path)
+def test_stage1_runs(toy_cache):
+    out = run_bench("stage1.py", "--size", "toy", "--repeats", "1", cache=toy_cache)
     assert "| stage 1, cached vision features |" in out
 
 
-def test_mfu_runs(tmp_path):
-    out = run_bench("mfu.py", "--fast", tmp_path=tmp_path)
+def test_mfu_runs(toy_cache):
+    out = run_bench("mfu.py", "--fast", cache=toy_cache)
     assert "| small |" in out and "MFU" in out
 
 
-def test_toy_sweep_runs(tmp_path):
-    out = run_bench("toy_sweep.py", "--tiny", tmp_path=tmp_path)
+def test_toy_sweep_runs(toy_cache):
+    out = run_bench("toy_sweep.py", "--tiny", cache=toy_cache)
     assert "| *majority answer* |" in out and "| tower x2 |" in out
 
 
-def test_gpu_check_runs_on_cpu(tmp_path):
-    out = run_bench("gpu_check.py", "--tiny", "--steps", "2", "--batch-size", "2", tmp_path=tmp_path)
+def test_gpu_check_runs_on_cpu(toy_cache):
+    out = run_bench("gpu_check.py", "--tiny", "--steps", "2", "--batch-size", "2", cache=toy_cache)
     assert "| bf16 + checkpointing + compile | cpu |" in out
     assert "KV-cache decoding == full recomputation: True" in out
 
 
-def test_binding_lookup_runs_and_its_questions_are_answerable(tmp_path):
+def test_binding_lookup_runs_and_its_questions_are_answerable(toy_cache):
     import importlib.util
     import random
 
@@ -86,11 +87,11 @@ def test_binding_lookup_runs_and_its_questions_are_answerable(tmp_path):
         expected = bench.FIRST_COLOUR + patch[:bench.COLOURS].argmax() if q[0] == bench.ASK_COLOUR else \
             bench.FIRST_SHAPE + patch[bench.COLOURS:bench.COLOURS + bench.SHAPES].argmax()
         assert a.item() == expected.item() and (on > 0).sum() == 1
-    out = run_bench("binding_lookup.py", "--steps", "8", "--batch-size", "4", "--lr", "3e-4", tmp_path=tmp_path)
+    out = run_bench("binding_lookup.py", "--steps", "8", "--batch-size", "4", "--lr", "3e-4", cache=toy_cache)
     assert "| 0.0003 | 8 | 32 |" in out
 
 
-def test_tower_objectives_runs_and_tags_from_patch_labels(tmp_path):
+def test_tower_objectives_runs_and_tags_from_patch_labels(toy_cache):
     import importlib.util
 
     import torch
@@ -112,5 +113,5 @@ def test_tower_objectives_runs_and_tags_from_patch_labels(tmp_path):
     assert tags[0].nonzero().flatten().tolist() == [(red * n[1] + circle) * n[2] + large,
                                                     n[0] * n[1] * n[2] + ATTRIBUTES["character"].index("A")]
     assert tags[1].sum() == 0
-    out = run_bench("tower_objectives.py", "--fast", tmp_path=tmp_path)
+    out = run_bench("tower_objectives.py", "--fast", cache=toy_cache)
     assert "| patch labels (the default) |" in out and "| tagging |" in out

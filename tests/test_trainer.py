@@ -131,8 +131,8 @@ def test_text_only_rank_next_to_an_image_rank_does_not_hang(clip_dir, llm_dir, w
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
 
 
-def test_run_toy_fast_end_to_end(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
+def test_run_toy_fast_end_to_end(tmp_path, toy_cache, monkeypatch, capsys):
+    monkeypatch.setenv("MINILLAVA_CACHE", str(toy_cache))
     main(["run", "toy", "--fast", "--out", str(tmp_path / "run")])
     table = capsys.readouterr().out
     assert "| pope |" in table and "| text |" in table
@@ -141,7 +141,7 @@ def test_run_toy_fast_end_to_end(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "run" / "examples.png").exists() and "examples.png" in report
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results) == set(EVAL_TASKS)
-    main(["chat", "--model", str(tmp_path / "run"), "--image", str(next((tmp_path / "cache").glob("world-*"))
+    main(["chat", "--model", str(tmp_path / "run"), "--image", str(next(toy_cache.glob("world-*"))
           / "images" / "000000.png"), "--question", "What is it?", "--max-new-tokens", "3"])
     # a second run reuses the cached world and backbones, and must train exactly the same model
     main(["run", "toy", "--fast", "--out", str(tmp_path / "again")])
