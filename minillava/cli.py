@@ -54,7 +54,7 @@ def toy_llava(fast: bool = False, progress: bool = True) -> tuple[MiniLlava, Pat
 def run_toy(args: argparse.Namespace) -> None:
     """The main job: toy world -> backbones -> stage 1 -> stage 2 -> evaluation -> report."""
     from .backbones import toy_setup
-    from .evaluate import evaluate_toy, failure_notes, probe_vision_features, write_report
+    from .evaluate import answer_attention, evaluate_toy, failure_notes, probe_vision_features, write_report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,8 +68,9 @@ def run_toy(args: argparse.Namespace) -> None:
     train(stage2, model, out / "stage2")
     results = evaluate_toy(model, world, out, batch_size=64)
     probe = probe_vision_features(model.encoder, n_scenes=40 if args.fast else 400, seed=args.seed)
-    print(write_report(results, out, world, probe))
-    print("\n".join(failure_notes(results, probe)[2:]).strip())
+    attention = answer_attention(model, n_scenes=10 if args.fast else 100, seed=args.seed)
+    print(write_report(results, out, world, probe, attention))
+    print("\n".join(failure_notes(results, probe, attention)[2:]).strip())
 
 
 def train_command(args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import uuid
 from collections.abc import Sequence
@@ -397,6 +398,65 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
     return accuracy
 
 
+def answer_attention(model, n_scenes: int = 100, seed: int = 0, batch_size: int = 50) -> dict[str, list[float]]:
+    """Where a toy model's LM looks when it answers a question that names one object.
+
+    For ``n_scenes`` fresh toy scenes, one short question each about a random object ("What colour is the
+    square?" or "What shape is the red object?", alternating, as in the evaluation), the attention *from the last
+    prompt position* (the one that predicts the answer's first token) is summed over the named object's image
+    patches, the other objects' patches, and the whole image, then averaged over heads and questions. Returns
+    one value per LM layer for each of ``"named object"``, ``"other objects"``, ``"whole image"`` and
+    ``"even spread"``: what the named object would get if the image's share were spread evenly over its patches.
+    A model that found the named object puts far more on it than the even spread; one that looks at the image
+    as a whole does not. Base encoder only (the HD grid has no single patch layout).
+    """
+    import torch
+
+    from .data import pad_batch
+    from .prompts import IMAGE, tokenize_conversation
+    from .toyworld import draw_scene, make_scene, patches_on, short_qa
+
+    if model.hd is not None:
+        raise ValueError("answer_attention needs the base encoder: the HD grid has no single patch layout")
+    grid = int(model.encoder.num_patches ** 0.5)
+    rng = random.Random(seed)
+    scenes = [make_scene(9_000_000 + seed * 100_003 + i) for i in range(n_scenes)]
+    named = [rng.choice(s.things) for s in scenes]
+    previous = model.lm.config._attn_implementation
+    model.lm.set_attn_implementation("eager")  # the fused kernels do not return attention weights
+    sums = None
+    try:
+        for start in range(0, n_scenes, batch_size):
+            samples, pixels, on, others = [], [], [], []
+            for i in range(start, min(start + batch_size, n_scenes)):
+                scene, thing = scenes[i], named[i]
+                question, _ = short_qa(scene, rng, ("colour", "shape")[i % 2], thing)
+                image = model.prepare_image(draw_scene(scene), "pad")
+                samples.append(tokenize_conversation(
+                    [{"from": "human", "value": IMAGE + "\n" + with_format_prompt(question, SHORT_ANSWER)}],
+                    model.tokenizer, model.image_token_id, [image["n_tokens"]], "vicuna_v1", for_generation=True))
+                pixels.append(image["pixel_values"])
+                on.append(patches_on(thing, scene, grid))
+                others.append([j for t in scene.things if t is not thing for j in patches_on(t, scene, grid)])
+            batch = pad_batch(samples, model.tokenizer.pad_token_id, padding_side="left")
+            device = next(model.parameters()).device
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            with torch.no_grad():
+                out = model.lm(inputs_embeds=model.embed(ids, torch.cat(pixels).to(device)), attention_mask=mask,
+                               position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_attentions=True)
+            for row in range(len(samples)):
+                first = int((ids[row] == model.image_token_id).nonzero()[0])  # the image block's first position
+                image_share = [a[row, :, -1, first:first + grid * grid].float().mean(0) for a in out.attentions]
+                values = torch.tensor([[w[on[row]].sum(), w[others[row]].sum(), w.sum(),
+                                        w.sum() * len(on[row]) / grid ** 2] for w in image_share])  # (layers, 4)
+                sums = values if sums is None else sums + values
+    finally:
+        model.lm.set_attn_implementation(previous)
+    means = sums / n_scenes
+    return {name: means[:, k].tolist() for k, name in enumerate(["named object", "other objects", "whole image",
+                                                                  "even spread"])}
+
+
 def majority_baseline(answers: Sequence[str]) -> float:
     """Accuracy of always giving the most frequent answer: the floor a model must beat to use the image."""
     counts: dict[str, int] = {}
@@ -483,9 +543,11 @@ def plot_examples(results: dict[str, dict], images: Path, path: Path) -> None:
     fig.savefig(path, dpi=80)
 
 
-def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = None) -> list[str]:
-    """Markdown lines saying which tasks a toy model does not pass, what each needs, and what its vision
-    features hold (``probe``: ``probe_vision_features``)."""
+def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = None,
+                  attention: dict[str, list[float]] | None = None) -> list[str]:
+    """Markdown lines saying which tasks a toy model does not pass, what each needs, what its vision features
+    hold (``probe``: ``probe_vision_features``) and where its LM looks when it answers (``attention``:
+    ``answer_attention``)."""
     from .toyworld import TASK_NEEDS
 
     failed = [task for task, r in results.items() if beats_majority(r) is False]
@@ -513,24 +575,37 @@ def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = Non
                   "scenes; chance: colour 25%, shape 33%, size 50%): "
                   + ", ".join(f"{k} {v:.0%}" for k, v in probe.items()) + ". A task that needs an attribute the "
                   "features hold poorly is capped by it, however long the LM trains."]
+    if attention:
+        named, others, image, even = (attention[k][-1] for k in ("named object", "other objects", "whole image",
+                                                                  "even spread"))
+        lines += ["", "Where the LM looks when it answers a question that names one object (the attention of the "
+                  f"position that predicts the answer, last layer): {named:.1%} on the named object's "
+                  f"patches, {others:.1%} on the other objects', {image:.0%} on the image in all. Spread evenly "
+                  f"over the image, the named object would get {even:.1%}."
+                  + (" The model looks at the image as a whole, not at the object the question names: the lookup "
+                     "that binding needs has not formed." if named < 2 * even else "")]
     return lines + [""]
 
 
 def write_report(results: dict[str, dict], out: str | Path, world: str | Path | None = None,
-                 probe: dict[str, float] | None = None) -> str:
+                 probe: dict[str, float] | None = None, attention: dict[str, list[float]] | None = None) -> str:
     """Write ``report.md`` (results table, what fails and why, loss curves, example answers) and
     ``results.json``; return the table.
 
     With ``world``, also ``examples.png``: example answers next to their images. ``probe``: what the vision
     features hold (``probe_vision_features``), quoted in the report and saved in ``vision_probe.json``.
+    ``attention``: where the LM looks when it answers (``answer_attention``), quoted and saved in
+    ``answer_attention.json``.
     """
     out = Path(out)
     table = results_table(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     if probe:
         (out / "vision_probe.json").write_text(json.dumps(probe, indent=2))
+    if attention:
+        (out / "answer_attention.json").write_text(json.dumps(attention, indent=2))
     lines = ["# minillava toy run", "", "Held-out evaluation (greedy decoding, vicuna_v1, padded images).", "",
-             table, "", *failure_notes(results, probe),
+             table, "", *failure_notes(results, probe, attention),
              "## Loss curves", "", "![stage 1](stage1/loss.png) ![stage 2](stage2/loss.png)", "",
              "## Example answers", ""]
     if world is not None:

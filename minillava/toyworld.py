@@ -147,9 +147,10 @@ def absent_thing(scene: Scene, rng: random.Random) -> str:
     return rng.choice([f"{c} {s}" for s in SHAPES for c in COLOURS if f"{c} {s}" not in present])
 
 
-def short_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
-    """(question, answer) of one short-answer question of ``kind`` (colour, shape or count)."""
-    t = rng.choice(scene.things)
+def short_qa(scene: Scene, rng: random.Random, kind: str, thing: Thing | None = None) -> tuple[str, str]:
+    """(question, answer) of one short-answer question of ``kind`` (colour, shape or count) about ``thing``
+    (by default one drawn with ``rng``)."""
+    t = thing or rng.choice(scene.things)
     if kind == "colour":
         return f"What colour is the {t.shape}?", t.colour
     if kind == "shape":

@@ -172,6 +172,29 @@ def test_vision_probe_reads_the_features(model):
     assert probe_vision_features(Blind(), n_scenes=150)["colour"] <= 0.45
 
 
+def test_answer_attention_sums_the_named_objects_share(model, clip_dir, llm_dir):
+    from minillava.evaluate import answer_attention
+    from minillava.hd import HDConfig
+    from minillava.model import MiniLlava
+
+    before = model.lm.config._attn_implementation
+    alone = answer_attention(model, n_scenes=4, batch_size=1)
+    batched = answer_attention(model, n_scenes=4, batch_size=4)  # left-padded rows: padding must change nothing
+    assert model.lm.config._attn_implementation == before  # the fused kernel is back
+    assert list(alone) == ["named object", "other objects", "whole image", "even spread"]
+    for name in alone:
+        assert len(alone[name]) == model.lm.config.num_hidden_layers
+        torch.testing.assert_close(torch.tensor(alone[name]), torch.tensor(batched[name]), atol=1e-5, rtol=0)
+    # with every query zeroed, each position gets the same weight: the named object gets exactly the even spread
+    for layer in model.lm.model.layers:
+        torch.nn.init.zeros_(layer.self_attn.q_proj.weight)
+    even = answer_attention(model, n_scenes=6, batch_size=3)
+    torch.testing.assert_close(torch.tensor(even["named object"]), torch.tensor(even["even spread"]))
+    assert all(0 < a < 1 for a in even["whole image"]) and max(even["named object"]) > 0
+    with pytest.raises(ValueError, match="base encoder"):
+        answer_attention(MiniLlava.from_backbones(str(clip_dir), str(llm_dir), hd=HDConfig()), n_scenes=1)
+
+
 def test_accuracy_by_number_of_shapes():
     from minillava.toyworld import make_scene, objects_in
 
@@ -189,13 +212,22 @@ def test_report_names_the_failed_tasks_and_why(tmp_path):
                "shape": {"accuracy": 0.4, "majority": 0.36, "n": 100, "short_share": 1.0, "examples": [],
                          "by_objects": {1: 0.9, 2: 0.35, 3: 0.3}},
                "text": {"accuracy": 0.47, "majority": 0.47, "n": 100, "short_share": 1.0, "examples": []}}
-    write_report(results, tmp_path, probe={"colour": 0.99, "shape": 0.6, "size": 0.7})
+    attention = {"named object": [0.02, 0.05], "other objects": [0.02, 0.04], "whole image": [0.3, 0.6],
+                 "even spread": [0.02, 0.04]}
+    write_report(results, tmp_path, probe={"colour": 0.99, "shape": 0.6, "size": 0.7}, attention=attention)
     report = (tmp_path / "report.md").read_text()
     section = report.split("## What it gets wrong, and why")[1].split("##")[0]
     assert "**text** (47% vs 47%)" in section and "HD grid encoder" in section
     assert "**colour**" not in section and "shape 60%" in section
     assert "by number of shapes in the scene: 1: 90%, 2: 35%, 3: 30%" in section and "(binding)" in section
     assert json.loads((tmp_path / "vision_probe.json").read_text())["shape"] == 0.6
+    # the last layer's attention is quoted; 5% on the named object against 4% evenly spread: not found
+    assert "5.0% on the named object's patches" in section and "would get 4.0%" in section
+    assert "has not formed" in section
+    attention["named object"][-1] = 0.3  # a model that found it
+    write_report(results, tmp_path, attention=attention)
+    assert "has not formed" not in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "answer_attention.json").read_text())["named object"] == [0.02, 0.3]
 
 
 def test_patches_on_uses_the_padded_square():
