@@ -422,6 +422,7 @@ def answer_attention(model, n_scenes: int = 100, seed: int = 0, batch_size: int 
     rng = random.Random(seed)
     scenes = [make_scene(9_000_000 + seed * 100_003 + i) for i in range(n_scenes)]
     named = [rng.choice(s.things) for s in scenes]
+    device = next(model.parameters()).device
     previous = model.lm.config._attn_implementation
     model.lm.set_attn_implementation("eager")  # the fused kernels do not return attention weights
     sums = None
@@ -439,7 +440,6 @@ def answer_attention(model, n_scenes: int = 100, seed: int = 0, batch_size: int 
                 on.append(patches_on(thing, scene, grid))
                 others.append([j for t in scene.things if t is not thing for j in patches_on(t, scene, grid)])
             batch = pad_batch(samples, model.tokenizer.pad_token_id, padding_side="left")
-            device = next(model.parameters()).device
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             with torch.no_grad():
                 out = model.lm(inputs_embeds=model.embed(ids, torch.cat(pixels).to(device)), attention_mask=mask,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,8 +359,9 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
 
 def building_folder(folder: Path) -> Path:
     """A new, empty folder next to ``folder``, unique to this caller, to build ``folder``'s contents in."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{folder.name}.building-", dir=folder.parent))
+    building = folder.with_name(f"{folder.name}.building-{uuid.uuid4().hex[:12]}")
+    building.mkdir(parents=True)  # like any folder the user makes (umask), unlike tempfile's private 0700 ones
+    return building
 
 
 def move_into_place(built: Path, folder: Path, complete: Callable[[Path], bool]) -> None:
