@@ -141,7 +141,7 @@ def test_run_toy_fast_end_to_end(tmp_path, toy_cache, monkeypatch, capsys):
     assert (tmp_path / "run" / "examples.png").exists() and "examples.png" in report
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results) == set(EVAL_TASKS)
-    main(["chat", "--model", str(tmp_path / "run"), "--image", str(next(toy_cache.glob("world-*"))
+    main(["chat", "--model", str(tmp_path / "run"), "--image", str(next(toy_cache.glob("world-*/world.json")).parent
           / "images" / "000000.png"), "--question", "What is it?", "--max-new-tokens", "3"])
     # a second run reuses the cached world and backbones, and must train exactly the same model
     main(["run", "toy", "--fast", "--out", str(tmp_path / "again")])
