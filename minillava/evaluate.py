@@ -412,8 +412,6 @@ def answer_attention(model, n_scenes: int = 100, seed: int = 0, batch_size: int 
     """
     import torch
 
-    from .data import pad_batch
-    from .prompts import IMAGE, tokenize_conversation
     from .toyworld import draw_scene, make_scene, patches_on, short_qa
 
     if model.hd is not None:
@@ -422,33 +420,26 @@ def answer_attention(model, n_scenes: int = 100, seed: int = 0, batch_size: int 
     rng = random.Random(seed)
     scenes = [make_scene(9_000_000 + seed * 100_003 + i) for i in range(n_scenes)]
     named = [rng.choice(s.things) for s in scenes]
-    device = next(model.parameters()).device
+    questions = [short_qa(s, rng, ("colour", "shape")[i % 2], t)[0] for i, (s, t) in enumerate(zip(scenes, named))]
     previous = model.lm.config._attn_implementation
     model.lm.set_attn_implementation("eager")  # the fused kernels do not return attention weights
     sums = None
     try:
         for start in range(0, n_scenes, batch_size):
-            samples, pixels, on, others = [], [], [], []
-            for i in range(start, min(start + batch_size, n_scenes)):
-                scene, thing = scenes[i], named[i]
-                question, _ = short_qa(scene, rng, ("colour", "shape")[i % 2], thing)
-                image = model.prepare_image(draw_scene(scene), "pad")
-                samples.append(tokenize_conversation(
-                    [{"from": "human", "value": IMAGE + "\n" + with_format_prompt(question, SHORT_ANSWER)}],
-                    model.tokenizer, model.image_token_id, [image["n_tokens"]], "vicuna_v1", for_generation=True))
-                pixels.append(image["pixel_values"])
-                on.append(patches_on(thing, scene, grid))
-                others.append([j for t in scene.things if t is not thing for j in patches_on(t, scene, grid)])
-            batch = pad_batch(samples, model.tokenizer.pad_token_id, padding_side="left")
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            chunk = range(start, min(start + batch_size, n_scenes))
+            batch = model.prompt_batch([draw_scene(scenes[i]) for i in chunk], [questions[i] for i in chunk],
+                                       format_prompt=SHORT_ANSWER)  # as the evaluation asks them
+            ids, mask = batch["input_ids"], batch["attention_mask"]
             with torch.no_grad():
-                out = model.lm(inputs_embeds=model.embed(ids, torch.cat(pixels).to(device)), attention_mask=mask,
+                out = model.lm(inputs_embeds=model.embed(ids, batch["pixel_values"]), attention_mask=mask,
                                position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_attentions=True)
-            for row in range(len(samples)):
+            for row, i in enumerate(chunk):
+                on = patches_on(named[i], scenes[i], grid)
+                others = [j for t in scenes[i].things if t is not named[i] for j in patches_on(t, scenes[i], grid)]
                 first = int((ids[row] == model.image_token_id).nonzero()[0])  # the image block's first position
                 image_share = [a[row, :, -1, first:first + grid * grid].float().mean(0) for a in out.attentions]
-                values = torch.tensor([[w[on[row]].sum(), w[others[row]].sum(), w.sum(),
-                                        w.sum() * len(on[row]) / grid ** 2] for w in image_share])  # (layers, 4)
+                values = torch.tensor([[w[on].sum(), w[others].sum(), w.sum(), w.sum() * len(on) / grid ** 2]
+                                       for w in image_share])  # (layers, 4)
                 sums = values if sums is None else sums + values
     finally:
         model.lm.set_attn_implementation(previous)

@@ -276,6 +276,15 @@ class MiniLlava(nn.Module):
 
         >>> model.answer([Image.open("cat.jpg")], ["What animal is this?"], format_prompt=SHORT_ANSWER)
         """
+        batch = self.prompt_batch(images, questions, template, format_prompt, preprocess)
+        new_tokens = self.generate(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
+                                   max_new_tokens, temperature, image_sizes=batch["image_sizes"])
+        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def prompt_batch(self, images: Sequence[Image.Image | None], questions: Sequence[str],
+                     template: str = "vicuna_v1", format_prompt: str | None = None, preprocess: str = "pad") -> dict:
+        """The generation prompts of ``answer`` as one left-padded batch on the model's device:
+        ``input_ids``, ``attention_mask`` (B, T), ``pixel_values`` (None without images) and ``image_sizes``."""
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions")
         samples, prepared = [], []
@@ -289,8 +298,7 @@ class MiniLlava(nn.Module):
             samples.append(tokenize_conversation([{"from": "human", "value": text}], self.tokenizer,
                                                  self.image_token_id, counts, template, for_generation=True))
         batch = pad_batch(samples, self.tokenizer.pad_token_id, padding_side="left")
-        pixels = torch.cat([p["pixel_values"] for p in prepared]) if prepared else None
         device = next(self.parameters()).device
-        new_tokens = self.generate(batch["input_ids"].to(device), pixels, batch["attention_mask"].to(device),
-                                   max_new_tokens, temperature, image_sizes=[p["image_size"] for p in prepared])
-        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        pixels = torch.cat([p["pixel_values"] for p in prepared]).to(device) if prepared else None
+        return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device),
+                "pixel_values": pixels, "image_sizes": [p["image_size"] for p in prepared]}
