@@ -91,6 +91,36 @@ def test_binding_lookup_runs_and_its_questions_are_answerable(toy_cache):
     assert "| 0.0003 | 8 | 32 |" in out
 
 
+def test_binding_lookup_on_real_layouts_and_tower_features(toy_cache):
+    import importlib.util
+    import random
+
+    spec = importlib.util.spec_from_file_location("binding_lookup", BENCH / "binding_lookup.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bank = bench.SceneBank("layout", n_scenes=60, held_out=20)
+    features, questions, answers = bank.batch(random.Random(0), 30, suffix=2)
+    assert features.shape == (30, 64, bench.FEATURES) and questions.shape == (30, 2 + 2 + 1)
+    sizes = []
+    for f, q, a in zip(features, questions, answers):
+        named = q[1].item()  # every patch holding the named attribute belongs to the one named object
+        on = f[:, named - bench.FIRST_COLOUR] if q[0] == bench.ASK_SHAPE else \
+            f[:, bench.COLOURS + named - bench.FIRST_SHAPE]
+        patches = f[on > 0]  # (P, F)
+        other = patches[:, :bench.COLOURS] if q[0] == bench.ASK_COLOUR else \
+            patches[:, bench.COLOURS:bench.COLOURS + bench.SHAPES]
+        first = bench.FIRST_COLOUR if q[0] == bench.ASK_COLOUR else bench.FIRST_SHAPE
+        assert (other.argmax(1) + first == a).all()
+        sizes.append(len(patches))
+    assert min(sizes) >= 1 and max(sizes) > 1  # real objects cover several patches
+    held_out = bank.batch(random.Random(1), 250, suffix=2, n_objects=2, test=True)[0]  # (n, 64, F)
+    assert len(held_out) == sum(len(s.things) == 2 for s in bank.scenes[40:])  # only held-out 2-object scenes
+    assert ((held_out[:, :, :bench.COLOURS].sum(1) > 0).sum(1) == 2).all()  # (each object has its own colour)
+    out = run_bench("binding_lookup.py", "--features", "tower", "--fast", "--scenes", "200", "--steps", "8",
+                    "--batch-size", "4", "--lr", "3e-4", cache=toy_cache)
+    assert "features tower" in out and "| 0.0003 | 8 | 32 |" in out
+
+
 def test_tower_objectives_runs_and_tags_from_patch_labels(toy_cache):
     import importlib.util
 
