@@ -12,16 +12,18 @@ Each "image" is 64 patch features (an 8x8 grid, like the toy tower's). ``--featu
   some only partly covered).
 - ``tower``: the real toy tower's features of the same scenes (layer -2, padded to a square, as stage 2 sees
   them): what the toy recipe's LM actually gets.
- A question names one object by one attribute and asks for the
-other ("colour of the <shape>?" / "shape of the <colour> one?"), then ``--suffix`` fixed tokens (the toy prompt's
-format instruction) and an answer position. The toy LM (a randomly initialised Llama with the toy LM's width
-and depth) and an ``mlp2x_gelu`` connector train on the answer's cross-entropy.
+
+A question names one object by one attribute and asks for the other ("colour of the <shape>?" / "shape of the
+<colour> one?"), then ``--suffix`` fixed tokens (the toy prompt's format instruction) and an answer position.
+The toy LM (a randomly initialised Llama with the toy LM's width and depth) and an ``mlp2x_gelu`` connector
+train on the answer's cross-entropy.
 
 With one object there is nothing to find: any object patch holds the answer. With two or three, the answer
 position must match the question's attribute against the patches and read the other attribute of the one that
 matches (binding). Printed: held-out accuracy by number of objects, every ``steps / 8`` steps, for each
 learning rate; chance with n objects is 1/n once the model reads any object. Writes
-bench/results/binding_lookup.json. bench/README.md ("Where binding fails") quotes it.
+bench/results/binding_lookup[_layout|_tower].json. bench/README.md ("Where binding fails", "The lookup from the
+real tower's features") quotes it.
 """
 
 import argparse
@@ -102,9 +104,10 @@ class SceneBank:
     def batch(self, rng: random.Random, size: int, suffix: int, n_objects: int | None = None, test: bool = False):
         """Like ``make_batch``, from training scenes (or the first held-out ones with ``test``)."""
         first = len(self.scenes) - self.held_out
-        pool = [i for i in (range(first, len(self.scenes)) if test else range(first))
-                if n_objects is None or len(self.scenes[i].things) == n_objects]
-        picked = pool[:size] if test else rng.sample(pool, size)
+        pool = range(first, len(self.scenes)) if test else range(first)
+        if n_objects is not None:
+            pool = [i for i in pool if len(self.scenes[i].things) == n_objects]
+        picked = list(pool[:size]) if test else rng.sample(pool, size)
         questions, answers = [], []
         for i in picked:
             t = rng.choice(self.scenes[i].things)
