@@ -145,3 +145,31 @@ def test_tower_objectives_runs_and_tags_from_patch_labels(toy_cache):
     assert tags[1].sum() == 0
     out = run_bench("tower_objectives.py", "--fast", cache=toy_cache)
     assert "| patch labels (the default) |" in out and "| tagging |" in out
+
+
+def test_lookup_curriculum_asks_about_the_worlds_own_images(toy_cache, monkeypatch):
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    from minillava.backbones import toy_setup
+    from minillava.toyworld import draw_scene, make_scene
+
+    spec = importlib.util.spec_from_file_location("lookup_curriculum", BENCH / "lookup_curriculum.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("MINILLAVA_CACHE", str(toy_cache))
+    world = toy_setup(fast=True, progress=False)[0]
+    records = bench.lookup_records(world, 300)
+    assert len(records) == 300 and len({r["image"] for r in records}) == 200  # every training image, some twice
+    for r in records[:20]:
+        i = int(r["image"].split(".")[0])
+        scene = make_scene(i)  # world seed 0
+        drawn = np.asarray(draw_scene(scene))
+        assert np.array_equal(drawn, np.asarray(Image.open(world / "images" / r["image"]).convert("RGB")))
+        question, answer = r["conversations"][0]["value"], r["conversations"][1]["value"]
+        named = next(t for t in scene.things if f"the {t.shape}?" in question or f"the {t.colour} object" in question)
+        assert answer == (named.colour if "What colour" in question else named.shape)
+    out = run_bench("lookup_curriculum.py", "--tiny", "--lookup-steps", "3", "--batch-size", "4", cache=toy_cache)
+    assert "| after stage 2a (lookups only) |" in out and "| after stage 2 (the toy mix) |" in out
