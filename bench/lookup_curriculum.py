@@ -31,7 +31,7 @@ from minillava.cli import toy_recipes
 from minillava.evaluate import answer_attention, evaluate_toy
 from minillava.model import MiniLlava
 from minillava.prompts import IMAGE, SHORT_ANSWER, with_format_prompt
-from minillava.toyworld import make_scene
+from minillava.toyworld import short_qa, world_scene
 from minillava.trainer import load_connector, train
 
 
@@ -42,10 +42,9 @@ def lookup_records(world: Path, n: int, seed: int = 7) -> list[dict]:
     records = []
     for k in range(n):
         i = k % spec["n_train"]
-        scene = make_scene(spec["seed"] * 1_000_003 + i)  # the world's image i (toyworld.write_world)
-        t = rng.choice(scene.things)
-        q, a = rng.choice([(f"What colour is the {t.shape}?", t.colour), (f"What shape is the {t.colour} object?",
-                                                                          t.shape)])
+        scene = world_scene(spec["seed"], i)
+        thing = rng.choice(scene.things)
+        q, a = short_qa(scene, rng, rng.choice(["colour", "shape"]), thing)
         records.append({"id": f"lookup{k}", "image": f"{i:06d}.png", "conversations": [
             {"from": "human", "value": f"{IMAGE}\n{with_format_prompt(q, SHORT_ANSWER)}"},
             {"from": "gpt", "value": a}]})

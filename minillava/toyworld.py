@@ -307,6 +307,11 @@ def objects_in(question_id: str) -> int:
     return len(make_scene(int(question_id.split("-")[0].removeprefix("scene"))).things)
 
 
+def world_scene(seed: int, i: int) -> Scene:
+    """The scene of image ``i`` of the world generated with ``seed`` (training images first, then held-out)."""
+    return make_scene(seed * 1_000_003 + i)
+
+
 def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed: int = 0,
                 text_only_share: float = 0.08, progress: bool = True) -> Path:
     """Generate images + LLaVA-format JSON under ``folder`` (skipped if already complete for these arguments).
@@ -329,7 +334,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     rng = random.Random(seed)
     stage1, stage2, questions = [], [], {task: [] for task in EVAL_TASKS}
     for i in tqdm(range(n_train + n_eval), desc="toy world", disable=not progress):
-        scene = make_scene(seed * 1_000_003 + i)
+        scene = world_scene(seed, i)
         image = f"{i:06d}.png"
         draw_scene(scene).save(folder / "images" / image)
         if i >= n_train:
