@@ -1,7 +1,7 @@
 """Can the toy LM learn to find the named object? Stage 2 reduced to its lookup, from perfect or real features.
 
     python bench/binding_lookup.py [--steps 800] [--batch-size 32] [--lr 3e-4 1e-3] [--suffix 12]
-                                   [--features onehot|layout|tower]
+                                   [--features onehot|layout|tower] [--vision-steps 1800]
 
 Each "image" is 64 patch features (an 8x8 grid, like the toy tower's). ``--features`` says which:
 
@@ -11,7 +11,8 @@ Each "image" is 64 patch features (an 8x8 grid, like the toy tower's). ``--featu
 - ``layout``: the same one-hot entries on *every* patch an object covers in a real toy scene (several patches,
   some only partly covered).
 - ``tower``: the real toy tower's features of the same scenes (layer -2, padded to a square, as stage 2 sees
-  them): what the toy recipe's LM actually gets.
+  them): what the toy recipe's LM actually gets. ``--vision-steps`` pretrains that tower for longer (or shorter);
+  a linear probe of what its features hold is printed first.
 
 A question names one object by one attribute and asks for the other ("colour of the <shape>?" / "shape of the
 <colour> one?"), then ``--suffix`` fixed tokens (the toy prompt's format instruction) and an answer position.
@@ -35,9 +36,10 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from minillava.backbones import BackboneSpec, toy_setup
+from minillava.backbones import BackboneSpec, toy_backbones, toy_setup
 from minillava.connector import build_connector
 from minillava.encoder import VisionEncoder
+from minillava.evaluate import probe_vision_features
 from minillava.toyworld import COLOURS as TOY_COLOURS
 from minillava.toyworld import SHAPES as SHAPE_NAMES
 from minillava.toyworld import draw_scene, make_scene, patches_on
@@ -79,10 +81,12 @@ class SceneBank:
     """Toy-world scenes and their patch features (``layout`` or ``tower``), for questions about real layouts.
 
     The last ``held_out`` scenes are kept for evaluation. ``fast``: the pipeline-check backbones of
-    ``toy_setup(fast=True)`` (for tests; their tower is barely trained).
+    ``toy_setup(fast=True)`` (for tests; their tower is barely trained). ``vision_steps``: a tower pretrained for
+    that many steps instead of the default (built and cached like the default backbones).
     """
 
-    def __init__(self, kind: str, n_scenes: int = 6000, held_out: int = 900, fast: bool = False):
+    def __init__(self, kind: str, n_scenes: int = 6000, held_out: int = 900, fast: bool = False,
+                 vision_steps: int | None = None):
         self.scenes = [make_scene(40_000_000 + i) for i in range(n_scenes)]  # never the world's own scenes
         self.held_out = held_out
         if kind == "layout":
@@ -93,8 +97,11 @@ class SceneBank:
                         self.features[i, patch, [COLOUR_NAMES.index(t.colour),
                                                  COLOURS + SHAPE_NAMES.index(t.shape), -1]] = 3.0
         else:
-            _, vision_dir, _ = toy_setup(fast=fast, progress=False)
-            encoder = VisionEncoder.from_pretrained(str(vision_dir))
+            world, vision_dir, _ = toy_setup(fast=fast, progress=False)
+            if vision_steps:  # toy_backbones builds a tower and an LM; only the tower is used here
+                spec = BackboneSpec(vision_steps=vision_steps, lm_steps=5 if fast else BackboneSpec.lm_steps)
+                vision_dir, _ = toy_backbones(world, spec, progress=False)
+            self.encoder = encoder = VisionEncoder.from_pretrained(str(vision_dir))
             assert encoder.num_patches == GRID * GRID, "the toy tower's grid changed: update GRID"
             with torch.no_grad():  # (n_scenes, 64, D), 200 images at a time
                 self.features = torch.cat([encoder(encoder.preprocess([draw_scene(s) for s in
@@ -165,10 +172,16 @@ def main() -> None:
     parser.add_argument("--features", choices=["onehot", "layout", "tower"], default="onehot")
     parser.add_argument("--scenes", type=int, default=6000, help="toy scenes for --features layout/tower")
     parser.add_argument("--fast", action="store_true", help="tower: the pipeline-check backbones (tests)")
+    parser.add_argument("--vision-steps", type=int, help="tower: pretrain it for this many steps (default 900)")
     args = parser.parse_args()
     bank = None if args.features == "onehot" else \
-        SceneBank(args.features, args.scenes, held_out=min(900, args.scenes // 4), fast=args.fast)
-    runs = {}
+        SceneBank(args.features, args.scenes, held_out=min(900, args.scenes // 4), fast=args.fast,
+                  vision_steps=args.vision_steps)
+    runs, probe = {}, None
+    if args.features == "tower":  # what the features hold, as `minillava run toy` reports it
+        probe = probe_vision_features(bank.encoder, n_scenes=40 if args.fast else 400)
+        print(f"tower pretrained for {args.vision_steps or 'the default'} steps; linear probe of an object's "
+              f"features: " + ", ".join(f"{k} {v:.0%}" for k, v in probe.items()))
     print(f"features {args.features}, batch {args.batch_size}, suffix {args.suffix}: held-out accuracy with "
           f"1 / 2 / 3 objects")
     print("| learning rate | step | questions seen | 1 object | 2 objects | 3 objects |")
@@ -181,8 +194,9 @@ def main() -> None:
                   flush=True)
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
-    name = "binding_lookup" + ("" if args.features == "onehot" else f"_{args.features}")
-    (results / f"{name}.json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2))
+    name = "binding_lookup" + ("" if args.features == "onehot" else f"_{args.features}") + \
+        (f"_vision{args.vision_steps}" if args.features == "tower" and args.vision_steps else "")
+    (results / f"{name}.json").write_text(json.dumps({"args": vars(args), "probe": probe, "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":

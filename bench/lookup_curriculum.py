@@ -1,6 +1,6 @@
 """Lookups first: does the toy model bind when stage 2 starts with nothing but lookup questions?
 
-    python bench/lookup_curriculum.py [--lookup-steps 1500] [--batch-size 32] [--tiny]
+    python bench/lookup_curriculum.py [--lookup-steps 1500] [--batch-size 32] [--vision-steps 1800] [--tiny]
 
 `bench/binding_lookup.py --features tower` shows that the toy LM can learn to find the named object from the
 real tower's features, after about 50,000 single lookup questions. Inside the toy mix it does not: counting and
@@ -12,7 +12,8 @@ descriptions reward looking at every object. This runs the toy recipe with one s
 
 and scores the held-out tasks after stage 2a and after stage 2, with ``evaluate.answer_attention`` (where the
 answer position looks). It is a probe of what the 5-minute recipe lacks, not a recipe: it takes about 13
-minutes on 2 cores. ``--tiny``: the pipeline-check world and backbones and a few steps (for tests). Writes
+minutes on 2 cores. ``--vision-steps``: a tower pretrained for that many steps instead of the default 900
+(the same LM). ``--tiny``: the pipeline-check world and backbones and a few steps (for tests). Writes
 bench/results/lookup_curriculum.json. bench/README.md ("The lookup from the real tower's features") quotes it.
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from minillava.backbones import toy_setup
+from minillava.backbones import BackboneSpec, toy_backbones, toy_setup
 from minillava.cli import toy_recipes
 from minillava.evaluate import answer_attention, evaluate_toy
 from minillava.model import MiniLlava
@@ -61,9 +62,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lookup-steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--vision-steps", type=int, help="pretrain the tower for this many steps (default 900)")
     parser.add_argument("--tiny", action="store_true", help="pipeline check: tiny world, backbones and budgets")
     args = parser.parse_args()
     world, vision_dir, llm_dir = toy_setup(fast=args.tiny)
+    if args.vision_steps:  # the LM's pretraining does not depend on the tower's: the same LM as by default
+        spec = BackboneSpec(vision_steps=args.vision_steps, lm_steps=5 if args.tiny else BackboneSpec.lm_steps)
+        vision_dir, llm_dir = toy_backbones(world, spec)
+    print(f"backbones: {vision_dir.parent}")
     stage1, stage2 = toy_recipes(world, fast=args.tiny)
     torch.manual_seed(0)
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir))
@@ -96,7 +102,8 @@ def main() -> None:
               f" | {att['named object']:.1%} / {att['other objects']:.1%} / {att['even spread']:.1%} |")
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
-    (results / "lookup_curriculum.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    name = "lookup_curriculum" + (f"_vision{args.vision_steps}" if args.vision_steps else "")
+    (results / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

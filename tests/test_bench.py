@@ -119,6 +119,25 @@ def test_binding_lookup_on_real_layouts_and_tower_features(toy_cache):
     out = run_bench("binding_lookup.py", "--features", "tower", "--fast", "--scenes", "200", "--steps", "8",
                     "--batch-size", "4", "--lr", "3e-4", cache=toy_cache)
     assert "features tower" in out and "| 0.0003 | 8 | 32 |" in out
+    assert "tower pretrained for the default steps; linear probe of an object's features: colour" in out
+
+
+def test_binding_lookup_with_a_longer_pretrained_tower(toy_cache, monkeypatch):
+    import importlib.util
+
+    import torch
+
+    monkeypatch.setenv("MINILLAVA_CACHE", str(toy_cache))
+    spec = importlib.util.spec_from_file_location("binding_lookup", BENCH / "binding_lookup.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    default = bench.SceneBank("tower", n_scenes=8, held_out=2, fast=True)  # the fast tower: 5 steps
+    longer = bench.SceneBank("tower", n_scenes=8, held_out=2, fast=True, vision_steps=7)
+    assert default.features.shape == longer.features.shape
+    assert not torch.allclose(default.features, longer.features)  # another tower, not the default one again
+    out = run_bench("binding_lookup.py", "--features", "tower", "--fast", "--vision-steps", "7", "--scenes", "200",
+                    "--steps", "8", "--batch-size", "4", "--lr", "3e-4", cache=toy_cache)
+    assert "tower pretrained for 7 steps; linear probe" in out and "| 0.0003 | 8 | 32 |" in out
 
 
 def test_tower_objectives_runs_and_tags_from_patch_labels(toy_cache):
@@ -173,3 +192,9 @@ def test_lookup_curriculum_asks_about_the_worlds_own_images(toy_cache, monkeypat
         assert answer == (named.colour if "What colour" in question else named.shape)
     out = run_bench("lookup_curriculum.py", "--tiny", "--lookup-steps", "3", "--batch-size", "4", cache=toy_cache)
     assert "| after stage 2a (lookups only) |" in out and "| after stage 2 (the toy mix) |" in out
+    assert f"backbones: {toy_setup(fast=True, progress=False)[1].parent}\n" in out
+    # --vision-steps: another tower (its own backbones folder), the rest unchanged
+    out = run_bench("lookup_curriculum.py", "--tiny", "--vision-steps", "7", "--lookup-steps", "2", "--batch-size",
+                    "4", cache=toy_cache)
+    assert "| after stage 2 (the toy mix) |" in out and "backbones: " in out
+    assert f"backbones: {toy_setup(fast=True, progress=False)[1].parent}\n" not in out
