@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from minillava.backbones import BackboneSpec, toy_backbones, toy_setup
+from minillava.backbones import BackboneSpec, toy_setup
 from minillava.connector import build_connector
 from minillava.encoder import VisionEncoder
 from minillava.evaluate import probe_vision_features
@@ -82,7 +82,7 @@ class SceneBank:
 
     The last ``held_out`` scenes are kept for evaluation. ``fast``: the pipeline-check backbones of
     ``toy_setup(fast=True)`` (for tests; their tower is barely trained). ``vision_steps``: a tower pretrained for
-    that many steps instead of the default (built and cached like the default backbones).
+    that many steps instead of the default (``toy_setup(vision_steps=...)``).
     """
 
     def __init__(self, kind: str, n_scenes: int = 6000, held_out: int = 900, fast: bool = False,
@@ -97,10 +97,7 @@ class SceneBank:
                         self.features[i, patch, [COLOUR_NAMES.index(t.colour),
                                                  COLOURS + SHAPE_NAMES.index(t.shape), -1]] = 3.0
         else:
-            world, vision_dir, _ = toy_setup(fast=fast, progress=False)
-            if vision_steps:  # toy_backbones builds a tower and an LM; only the tower is used here
-                spec = BackboneSpec(vision_steps=vision_steps, lm_steps=5 if fast else BackboneSpec.lm_steps)
-                vision_dir, _ = toy_backbones(world, spec, progress=False)
+            _, vision_dir, _ = toy_setup(fast=fast, progress=False, vision_steps=vision_steps)
             self.encoder = encoder = VisionEncoder.from_pretrained(str(vision_dir))
             assert encoder.num_patches == GRID * GRID, "the toy tower's grid changed: update GRID"
             with torch.no_grad():  # (n_scenes, 64, D), 200 images at a time

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from minillava.backbones import BackboneSpec, toy_backbones, toy_setup
+from minillava.backbones import toy_setup
 from minillava.cli import toy_recipes
 from minillava.evaluate import answer_attention, evaluate_toy
 from minillava.model import MiniLlava
@@ -65,10 +65,7 @@ def main() -> None:
     parser.add_argument("--vision-steps", type=int, help="pretrain the tower for this many steps (default 900)")
     parser.add_argument("--tiny", action="store_true", help="pipeline check: tiny world, backbones and budgets")
     args = parser.parse_args()
-    world, vision_dir, llm_dir = toy_setup(fast=args.tiny)
-    if args.vision_steps:  # the LM's pretraining does not depend on the tower's: the same LM as by default
-        spec = BackboneSpec(vision_steps=args.vision_steps, lm_steps=5 if args.tiny else BackboneSpec.lm_steps)
-        vision_dir, llm_dir = toy_backbones(world, spec)
+    world, vision_dir, llm_dir = toy_setup(fast=args.tiny, vision_steps=args.vision_steps)
     print(f"backbones: {vision_dir.parent}")
     stage1, stage2 = toy_recipes(world, fast=args.tiny)
     torch.manual_seed(0)

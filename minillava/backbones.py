@@ -247,11 +247,12 @@ def toy_backbones(world: str | Path, spec: BackboneSpec | None = None, progress:
 
 
 def toy_setup(train_images: int = 5000, eval_images: int = 100, seed: int = 0, fast: bool = False,
-              progress: bool = True) -> tuple[Path, Path, Path]:
+              progress: bool = True, vision_steps: int | None = None) -> tuple[Path, Path, Path]:
     """The toy world and its pretrained backbones, built once and then reused from the cache.
 
     Returns ``(world, vision_dir, llm_dir)``. ``fast``: 200 training images and backbones pretrained for a few
-    steps only - for checking the pipeline, not for results.
+    steps only - for checking the pipeline, not for results. ``vision_steps``: pretrain the vision tower for that
+    many steps instead (cached apart; the LM is the same, as its pretraining does not depend on the tower's).
     """
     from .toyworld import write_world
 
@@ -260,6 +261,8 @@ def toy_setup(train_images: int = 5000, eval_images: int = 100, seed: int = 0, f
     world = write_world(cache_dir() / f"world-{train_images}-{eval_images}-{seed}", train_images, eval_images, seed,
                         progress=progress)
     spec = BackboneSpec(vision_steps=5, lm_steps=5) if fast else BackboneSpec()
+    if vision_steps:
+        spec.vision_steps = vision_steps
     vision_dir, llm_dir = toy_backbones(world, spec, progress=progress)
     return world, vision_dir, llm_dir
 

@@ -194,6 +194,26 @@ def test_building_backbones_leaves_the_callers_random_state_alone(world, tmp_pat
     assert torch.equal(torch.random.get_rng_state(), before)  # built or cached, the caller's next draw is the same
 
 
+def test_a_longer_pretrained_tower_comes_with_the_same_lm(world, tmp_path, monkeypatch):
+    """toy_setup(vision_steps=...) relies on it: the LM's pretraining does not depend on the tower's."""
+    from safetensors.torch import load_file
+
+    from minillava.backbones import BackboneSpec, toy_backbones
+
+    monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
+    short = toy_backbones(world, BackboneSpec(vision_steps=2, lm_steps=2), progress=False)
+    longer = toy_backbones(world, BackboneSpec(vision_steps=3, lm_steps=2), progress=False)
+    assert short[0] != longer[0]  # cached apart
+
+    def weights(folder):
+        return load_file(str(folder / "model.safetensors"))
+
+    lm_a, lm_b = weights(short[1]), weights(longer[1])
+    assert lm_a.keys() == lm_b.keys() and all(torch.equal(lm_a[k], lm_b[k]) for k in lm_a)
+    tower_a, tower_b = weights(short[0]), weights(longer[0])
+    assert not all(torch.equal(tower_a[k], tower_b[k]) for k in tower_a)
+
+
 def test_cached_builds_happen_aside_and_survive_a_concurrent_builder(world, tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
