@@ -23,8 +23,8 @@ With one object there is nothing to find: any object patch holds the answer. Wit
 position must match the question's attribute against the patches and read the other attribute of the one that
 matches (binding). Printed: held-out accuracy by number of objects, every ``steps / 8`` steps, for each
 learning rate; chance with n objects is 1/n once the model reads any object. Writes
-bench/results/binding_lookup[_layout|_tower].json. bench/README.md ("Where binding fails", "The lookup from the
-real tower's features") quotes it.
+bench/results/binding_lookup[_layout|_tower[_vision<N>]].json. bench/README.md ("Where binding fails", "The
+lookup from the real tower's features", "What the tower's features cost the lookup") quotes it.
 """
 
 import argparse

@@ -14,7 +14,8 @@ and scores the held-out tasks after stage 2a and after stage 2, with ``evaluate.
 answer position looks). It is a probe of what the 5-minute recipe lacks, not a recipe: it takes about 13
 minutes on 2 cores. ``--vision-steps``: a tower pretrained for that many steps instead of the default 900
 (the same LM). ``--tiny``: the pipeline-check world and backbones and a few steps (for tests). Writes
-bench/results/lookup_curriculum.json. bench/README.md ("The lookup from the real tower's features") quotes it.
+bench/results/lookup_curriculum[_vision<N>].json. bench/README.md ("The lookup from the real tower's features",
+"What the tower's features cost the lookup") quotes it.
 """
 
 import argparse
@@ -29,7 +30,7 @@ import torch
 
 from minillava.backbones import toy_setup
 from minillava.cli import toy_recipes
-from minillava.evaluate import answer_attention, evaluate_toy
+from minillava.evaluate import answer_attention, evaluate_toy, main_metric
 from minillava.model import MiniLlava
 from minillava.prompts import IMAGE, SHORT_ANSWER, with_format_prompt
 from minillava.toyworld import short_qa, world_scene
@@ -54,8 +55,8 @@ def lookup_records(world: Path, n: int, seed: int = 7) -> list[dict]:
 
 
 def scores(results: dict) -> dict:
-    """One number per task: F1 for POPE, word F1 for descriptions, accuracy for the rest."""
-    return {task: round(r.get("f1", r.get("word_f1", r.get("accuracy"))), 3) for task, r in results.items()}
+    """One number per task (``evaluate.main_metric``)."""
+    return {task: round(main_metric(r), 3) for task, r in results.items()}
 
 
 def main() -> None:

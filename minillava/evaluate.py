@@ -498,6 +498,11 @@ def by_objects(task: str, questions: Sequence[dict], predictions: Sequence[str],
             for n, idx in sorted(groups.items())}
 
 
+def main_metric(result: dict) -> float:
+    """A task's headline number: F1 for POPE, word F1 for descriptions, accuracy for the rest."""
+    return result.get("f1", result.get("word_f1", result.get("accuracy")))
+
+
 def results_table(results: dict[str, dict]) -> str:
     """A markdown table of the per-task results, next to the majority-answer baseline ("above it?" compares
     accuracy with it, POPE's too, by ``beats_majority``)."""
@@ -505,7 +510,7 @@ def results_table(results: dict[str, dict]) -> str:
             "|---|---|---|---|---|---|---|"]
     for task, r in results.items():
         metric = "F1 (yes)" if task == "pope" else "word F1" if task == "detail" else "accuracy"
-        value = r.get("f1", r.get("word_f1", r.get("accuracy")))
+        value = main_metric(r)
         short = f"{r['short_share']:.0%}" if "short_share" in r else f"mean {r['mean_words']:.0f} words"
         base = f"{r['majority']:.0%}" if r.get("majority") is not None else "-"
         above = {True: "yes", False: "**no**", None: "-"}[beats_majority(r)]
