@@ -63,7 +63,6 @@ class Budget:
     stage2_steps: int = 400
     stage2_batch_size: int = 4
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    backbone_steps: int = 0  # > 0: pretrain the toy backbones for this many steps (quick runs); 0: the defaults
 
     @classmethod
     def quick(cls) -> Budget:
@@ -74,8 +73,7 @@ class Budget:
     @classmethod
     def tiny(cls) -> Budget:
         """A few steps of everything: only checks that the code runs (the test suite, ``MINILLAVA_FAST=1``)."""
-        return cls(train_images=24, eval_images=3, stage1_steps=2, stage2_steps=3, stage2_batch_size=2, seeds=[0],
-                   backbone_steps=2)
+        return cls(train_images=24, eval_images=3, stage1_steps=2, stage2_steps=3, stage2_batch_size=2, seeds=[0])
 
 
 # the numbers the report compares (results[task][metric]); "overall" is the mean accuracy of the short tasks
@@ -131,7 +129,7 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
     and ``ablation.png`` under ``out``; return ``{group: {variant name: [summary per seed]}}``."""
     from tqdm.auto import tqdm
 
-    from .backbones import BackboneSpec, cache_dir, toy_backbones
+    from .backbones import cache_dir, toy_backbones
     from .toyworld import write_world
 
     budget, out = budget or Budget(), Path(out)
@@ -141,9 +139,7 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
         raise ValueError(f"unknown ablation group(s) {unknown}; choose from {sorted(GROUPS)}")
     world = write_world(cache_dir() / f"world-{budget.train_images}-{budget.eval_images}-0", budget.train_images,
                         budget.eval_images, 0, progress=progress)
-    spec = BackboneSpec(vision_steps=budget.backbone_steps, lm_steps=budget.backbone_steps) \
-        if budget.backbone_steps else BackboneSpec()
-    vision_dir, llm_dir = toy_backbones(world, spec, progress=progress)
+    vision_dir, llm_dir = toy_backbones()  # the shipped toy backbones
     runs: dict[str, dict[int, dict[str, float]]] = {}  # variant key -> seed -> summary (shared across groups)
     todo = {v.key(): v for g in groups for v in GROUPS[g]}
     with tqdm(total=len(todo) * len(budget.seeds), desc="ablation runs", disable=not progress) as bar:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -31,7 +32,7 @@ from transformers import (
 
 # Llama's layout: <unk>=0, <s>=1, </s>=2; then the pad and image tokens LLaVA needs.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-BACKBONES_VERSION = 3  # bump when the pretraining changes, so cached backbones are rebuilt
+BACKBONES_VERSION = 4  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
@@ -85,29 +86,36 @@ def save_backbone(folder: str | Path, *parts) -> Path:
 
 
 def cache_dir() -> Path:
-    """Where minillava keeps built backbones and toy worlds: ``$MINILLAVA_CACHE`` or ``~/.cache/minillava``."""
+    """Where minillava keeps toy worlds, trained toy models and backbones built with other sizes:
+    ``$MINILLAVA_CACHE`` or ``~/.cache/minillava``."""
     return Path(os.environ.get("MINILLAVA_CACHE", Path.home() / ".cache" / "minillava"))
 
 
 @dataclass
 class BackboneSpec:
-    """Sizes and pretraining budgets of the toy backbones (the defaults run in about a minute on 2 cores)."""
+    """Sizes and pretraining budgets of the toy backbones. The defaults are the shipped build
+    (``minillava/toy_backbones``), measured to pass the probes of ``manifest.json``."""
 
     vocab_size: int = 1000
+    corpus_scenes: int = 3000  # scenes whose text the tokenizer and the LM's plain-text share are made of
     image_size: int = 64
     patch_size: int = 8
     vision_width: int = 64
     vision_layers: int = 3
-    lm_width: int = 128
-    lm_layers: int = 2
-    lm_heads: int = 4
-    # 900 steps of 16 images (about 35 s) leave an object's shape linearly readable from its own patch features
-    # about 90% of the time; 97% without the close-ups, but the HD encoder needs them (bench/tower_objectives.py).
+    tower_scenes: int = 2000  # scenes the tower pretrains on (each gives a padded whole view and a close-up)
     vision_steps: int = 900
     vision_batch_size: int = 16
+    vision_lr: float = 2e-3
     centre_weight: float = 1.0  # keep the tower's layer -2 features centred (see pretrain_vision_tower)
-    lm_steps: int = 150
-    lm_batch_size: int = 48
+    lm_width: int = 128
+    lm_layers: int = 4
+    lm_heads: int = 4
+    lm_steps: int = 4000
+    lm_batch_size: int = 32
+    lm_lr: float = 2e-3
+    lm_text_share: float = 0.15  # share of each LM batch that is plain toy text; the rest, text lookups
+    lm_eval_every: int = 250  # score the text lookups every so many steps (0: never), into manifest.json
+    probe_scenes: int = 100  # fresh scenes per probe question kind and object count (manifest.json)
     seed: int = 0
 
     def key(self, *extra: str) -> str:
@@ -129,16 +137,16 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
     Why not CLIP's contrastive loss, as the real tower was trained: at this size and a CPU-minute budget we
     measured that contrastive training on the toy captions learns colours but not shapes, and so does tagging
     (an image's score for "large red circle" is its best patch): a linear probe reads an object's shape from its
-    own patches 72% of the time, a random tower 68-70%. Per-patch labels, at the same budget, give about 90%
-    (97% on whole scenes alone; here half the images are close-ups for the HD encoder). See
-    ``bench/tower_objectives.py``. The result is the same kind of thing as CLIP's patch features at layer -2 in
-    LLaVA: each patch says what is there, which is what the LM needs to find "the red object".
+    own patches 72% of the time, a random tower 68-70%. Per-patch labels give far more (docs/findings.md). The
+    result is the same kind of thing as CLIP's patch features at layer -2 in LLaVA: each patch says what is
+    there, which is what the LM needs to find "the red object".
     """
     torch.manual_seed(spec.seed)
     tower, processor = tiny_vision_tower(spec.image_size, spec.patch_size, spec.vision_width, spec.vision_layers)
     pixels = processor(list(images), return_tensors="pt")["pixel_values"]  # (S, 3, H, W)
     heads = torch.nn.ModuleList([torch.nn.Linear(spec.vision_width, n) for n in classes])
-    optimizer = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=2e-3, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=spec.vision_lr, weight_decay=0.01)
+    schedule = _warmup_cosine(optimizer, spec.vision_steps)
     generator = torch.Generator().manual_seed(spec.seed)
     tower.train()
     bar = tqdm(range(spec.vision_steps), desc="pretrain vision tower", disable=not progress)
@@ -155,38 +163,128 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return tower.eval(), processor
 
 
-def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
-                            progress: bool = True) -> LlamaForCausalLM:
-    """A tiny Llama trained on plain text of the toy world (next-token prediction), like a base LLM."""
+def lookup_example(tokenizer, seed: int, n_things: int | None = None, kinds: Sequence[str] | None = None) -> dict:
+    """One text-lookup record (``toyworld.text_lookup_record``) of scene ``seed``, tokenized in the chat template
+    with labels on the answers only: ``{"input_ids", "labels"}``."""
+    from .prompts import prepare_tokenizer, tokenize_conversation
+    from .toyworld import make_scene, text_lookup_record
+
+    record = text_lookup_record(make_scene(seed, n_things), random.Random(seed), kinds)
+    return tokenize_conversation(record["conversations"], tokenizer, prepare_tokenizer(tokenizer))
+
+
+def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec, progress: bool = True,
+                            history: list | None = None) -> LlamaForCausalLM:
+    """A tiny Llama that, like Vicuna, reads a context and answers from it.
+
+    Each batch is ``lm_text_share`` plain toy text (next-token prediction on every token, like a base LLM) and
+    the rest text-lookup conversations (``toyworld.text_lookup_record``: a scene in words, then questions in the
+    chat template answered from it; loss on the answers). The two shares are averaged apart, so the few answer
+    tokens weigh as much as the many text tokens. Without the lookups the LM never learns to find "the square"
+    in its context and read out its colour, and LLaVA's stage 2 is far too short to grow that from nothing
+    (docs/findings.md).
+
+    The lookup forms suddenly after a plateau, so the build watches it: every ``lm_eval_every`` steps the
+    colour and shape lookups are scored on fresh scenes by object count, printed, and appended to ``history``.
+    """
+    from .prompts import IGNORE_INDEX
+
     torch.manual_seed(spec.seed)
     lm = tiny_language_model(tokenizer, hidden_size=spec.lm_width, num_layers=spec.lm_layers,
                              num_heads=spec.lm_heads)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    ids = [tokenizer(t)["input_ids"] + [eos] for t in texts]  # BOS text EOS
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=2e-3, weight_decay=0.0)
+    text_ids = [tokenizer(t)["input_ids"] + [eos] for t in texts]  # BOS text EOS
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=spec.lm_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    schedule = _warmup_cosine(optimizer, spec.lm_steps)
     rng = random.Random(spec.seed)
+    n_text = round(spec.lm_batch_size * spec.lm_text_share)
     lm.train()
-    for _ in tqdm(range(spec.lm_steps), desc="pretrain language model", disable=not progress):
-        batch = [ids[i] for i in rng.sample(range(len(ids)), k=min(spec.lm_batch_size, len(ids)))]
-        length = max(len(b) for b in batch)
-        input_ids = torch.tensor([b + [pad] * (length - len(b)) for b in batch])
-        labels = torch.where(input_ids == pad, -100, input_ids)
-        loss = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long(), labels=labels).loss
+    bar = tqdm(range(spec.lm_steps), desc="pretrain language model", disable=not progress)
+    for step in bar:
+        if spec.lm_eval_every and step % spec.lm_eval_every == 0 and step:
+            accuracy = text_lookup_accuracy(lm, tokenizer, 20, seed=1, kinds=("colour", "shape"))
+            lm.train()
+            if history is not None:
+                history.append({"step": step, **{k: round(v, 3) for k, v in accuracy.items()}})
+            bar.write(f"step {step}: text lookups " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
+        rows = [{"input_ids": ids, "labels": ids} for ids in rng.sample(text_ids, k=min(n_text, len(text_ids)))]
+        texts_in_batch = len(rows)
+        rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8))
+                 for _ in range(spec.lm_batch_size - texts_in_batch)]
+        input_ids, labels = _pad_rows(rows, pad)
+        logits = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits[:, :-1]  # (B, T-1, V)
+        targets = labels[:, 1:]
+        per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                                      ignore_index=IGNORE_INDEX, reduction="none")
+        per_token, counted = per_token.view(targets.shape), (targets != IGNORE_INDEX).float()
+        loss = sum((per_token[part] * counted[part]).sum() / counted[part].sum().clamp(min=1)
+                   for part in (slice(0, texts_in_batch), slice(texts_in_batch, None)))
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
     return lm.eval()
 
 
-def tower_scenes(spec: BackboneSpec, n: int = 2000) -> list:
+LOOKUP_SEEDS = 3 * 10**9  # scenes of the LM's lookups; the probes' held-out scenes start at 4 * 10**9
+
+
+@torch.no_grad()
+def text_lookup_accuracy(lm, tokenizer, n_scenes: int = 100, seed: int = 0,
+                         kinds: Sequence[str] | None = None) -> dict[str, float]:
+    """How often the LM answers a text lookup exactly right, on fresh scenes, by number of objects.
+
+    For each object count (1, 2, 3) and each kind (default: all of ``toyworld.TEXT_LOOKUP_KINDS``), ``n_scenes``
+    one-question records; an answer is right when
+    every answer token (and the closing ``</s>``) is the LM's top choice given the ones before it, which is what
+    greedy decoding would produce. Returns ``{"1 object": ..., "2 objects": ..., "3 objects": ...,
+    "<kind>": ...}``, fractions in [0, 1].
+    """
+    from .prompts import IGNORE_INDEX
+    from .toyworld import TEXT_LOOKUP_KINDS
+
+    lm.eval()
+    right: dict[str, list[bool]] = {}
+    for n in (1, 2, 3):
+        for kind in kinds or TEXT_LOOKUP_KINDS:
+            rows = [lookup_example(tokenizer, 4 * 10**9 + seed * 100_003 + 1000 * n + i, n, [kind])
+                    for i in range(n_scenes)]
+            input_ids, labels = _pad_rows(rows, tokenizer.pad_token_id)
+            logits = lm(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long()).logits
+            targets = labels[:, 1:]
+            ok = ((logits[:, :-1].argmax(-1) == targets) | (targets == IGNORE_INDEX)).all(1).tolist()
+            right.setdefault(f"{n} object{'s' if n > 1 else ''}", []).extend(ok)
+            right.setdefault(kind, []).extend(ok)
+    return {k: sum(v) / len(v) for k, v in right.items()}
+
+
+def _pad_rows(rows: Sequence[dict], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``{"input_ids", "labels"}`` rows into two ``(B, T)`` tensors (labels -100 on padding)."""
+    length = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.tensor([r["input_ids"] + [pad] * (length - len(r["input_ids"])) for r in rows])
+    labels = torch.tensor([r["labels"] + [-100] * (length - len(r["labels"])) for r in rows])
+    return input_ids, labels
+
+
+def _warmup_cosine(optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first 5% of ``steps``, then cosine decay to zero."""
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+
+
+def tower_scenes(spec: BackboneSpec) -> list:
     """The toy scenes the vision tower pretrains on: seeded by ``spec.seed``, never the world's own images."""
     from .toyworld import make_scene
 
-    return [make_scene(10**9 + spec.seed * 7919 + i) for i in range(n)]
+    return [make_scene(10**9 + spec.seed * 7919 + i) for i in range(spec.tower_scenes)]
 
 
 def tower_data(spec: BackboneSpec) -> tuple[list[Image.Image], torch.Tensor]:
@@ -213,46 +311,104 @@ def tower_data(spec: BackboneSpec) -> tuple[list[Image.Image], torch.Tensor]:
     return images, torch.tensor(labels)
 
 
-def toy_backbones(world: str | Path, spec: BackboneSpec | None = None, progress: bool = True) -> tuple[Path, Path]:
-    """Build (or reuse from the cache) the toy vision tower and LM for a toy world; returns their folders.
+# ----------------------------------------------------------------------------- building, shipping and loading
 
-    The folders hold ordinary Hugging Face checkpoints: ``MiniLlava.from_backbones(vision_dir, llm_dir)``.
+SHIPPED = Path(__file__).parent / "toy_backbones"  # the default build, package data (like a hub checkpoint)
+
+
+def build_backbones(out: str | Path, spec: BackboneSpec | None = None, progress: bool = True,
+                    command: str = "", replace: bool = False) -> Path:
+    """Build the toy tokenizer, vision tower and LM from a seed, probe them, and save them under ``out``.
+
+    Writes ``out/vision`` and ``out/llm`` (ordinary Hugging Face checkpoints: ``MiniLlava.from_backbones(
+    out / "vision", out / "llm")``) and ``out/manifest.json``: the spec, the toy-world version, the command,
+    commit, wall time, device, and the probe results (``probe_backbones``). The folder is built aside and moved
+    into place at the end, so an interrupted build never leaves a folder that looks finished. A finished build
+    already in ``out`` is kept unless ``replace``.
     """
-    from .toyworld import ATTRIBUTES, building_folder, corpus, move_into_place  # toyworld does not depend on us
+    import platform
+    import subprocess
+    import time
 
-    spec = spec or BackboneSpec()
-    world = Path(world)
-    root = cache_dir() / f"backbones-{spec.key((world / 'world.json').read_text(), str(BACKBONES_VERSION))}"
-    vision_dir, llm_dir = root / "vision", root / "llm"
+    from .toyworld import ATTRIBUTES, WORLD_VERSION, building_folder, language_corpus, move_into_place
 
-    def complete(folder: Path) -> bool:
-        return (folder / "vision" / "config.json").exists() and (folder / "llm" / "config.json").exists()
-
-    if complete(root):
-        return vision_dir, llm_dir
-    texts = corpus(world)
+    spec, out, started = spec or BackboneSpec(), Path(out), time.time()
+    texts = language_corpus(spec.corpus_scenes, spec.seed)
     tokenizer = train_tokenizer(texts + _template_text(), vocab_size=spec.vocab_size)
     # The pretraining seeds torch itself (spec.seed); fork_rng gives the caller back its random state, so what
-    # the caller does next (e.g. initialising a connector) is the same whether the backbones were built or cached.
+    # the caller does next (e.g. initialising a connector) is the same whether the backbones were built or not.
     with torch.random.fork_rng(devices=[]):
         images, labels = tower_data(spec)
         tower, processor = pretrain_vision_tower(images, labels, [len(v) for v in ATTRIBUTES.values()], spec,
                                                   progress)
-        lm = pretrain_language_model(tokenizer, texts, spec, progress)
-    built = building_folder(root)
+        lm_history: list[dict] = []
+        lm = pretrain_language_model(tokenizer, texts, spec, progress, lm_history)
+        probes = probe_backbones(tower, processor, lm, tokenizer, spec.probe_scenes)
+    built = building_folder(out)
     save_backbone(built / "vision", tower, processor)
     save_backbone(built / "llm", lm, tokenizer)
-    move_into_place(built, root, complete)
-    return vision_dir, llm_dir
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    manifest = {"spec": asdict(spec), "backbones_version": BACKBONES_VERSION, "world_version": WORLD_VERSION,
+                "command": command or f"minillava backbones build --out {out}", "commit": commit or "unknown",
+                "wall_time_s": round(time.time() - started), "device": f"{platform.machine()} CPU, "
+                f"{torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+                "probes": probes, "lm_text_lookups_during_pretraining": lm_history}
+    (built / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    move_into_place(built, out, lambda f: not replace and (f / "manifest.json").exists())
+    return out
 
 
-def toy_setup(train_images: int = 5000, eval_images: int = 100, seed: int = 0, fast: bool = False,
-              progress: bool = True, vision_steps: int | None = None) -> tuple[Path, Path, Path]:
-    """The toy world and its pretrained backbones, built once and then reused from the cache.
+def probe_backbones(tower, processor, lm, tokenizer, n_scenes: int = 100, seed: int = 0) -> dict:
+    """What the backbones bring, on scenes neither saw: ``{"text lookup": text_lookup_accuracy(...),
+    "patches": the tower's patch probes (evaluate.probe_patches, on 4 * n_scenes scenes)}``."""
+    from .encoder import VisionEncoder
+    from .evaluate import probe_patches
 
-    Returns ``(world, vision_dir, llm_dir)``. ``fast``: 200 training images and backbones pretrained for a few
-    steps only - for checking the pipeline, not for results. ``vision_steps``: pretrain the vision tower for that
-    many steps instead (cached apart; the LM is the same, as its pretraining does not depend on the tower's).
+    encoder = VisionEncoder(tower, processor)
+    return {"text lookup": text_lookup_accuracy(lm, tokenizer, n_scenes, seed),
+            "patches": probe_patches(encoder, 4 * n_scenes, seed)}
+
+
+def read_manifest(folder: str | Path = SHIPPED) -> dict:
+    """The ``manifest.json`` of a backbones folder, with a clear error if it is not one."""
+    path = Path(folder) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {folder} is not a toy backbones folder. Build one with "
+                                "`minillava backbones build --out DIR`")
+    return json.loads(path.read_text())
+
+
+def toy_backbones(spec: BackboneSpec | None = None, progress: bool = True) -> tuple[Path, Path]:
+    """The toy vision tower and LM folders: the shipped build, or for another ``spec`` one built once into the
+    cache (``minillava backbones build`` does the same into a folder of your choice).
+
+    Returns ``(vision_dir, llm_dir)``: ``MiniLlava.from_backbones(vision_dir, llm_dir)``.
+    """
+    from .toyworld import WORLD_VERSION
+
+    if spec is None or spec == BackboneSpec():
+        manifest = read_manifest(SHIPPED)
+        if manifest["spec"] != asdict(BackboneSpec()) or manifest["world_version"] != WORLD_VERSION:
+            raise RuntimeError(f"the shipped toy backbones ({SHIPPED}) were built for another spec or toy-world "
+                               "version than this code's; rebuild them with `minillava backbones build --out "
+                               f"{SHIPPED}`")
+        return SHIPPED / "vision", SHIPPED / "llm"
+    root = cache_dir() / f"backbones-{spec.key(str(BACKBONES_VERSION), str(WORLD_VERSION))}"
+    if not (root / "manifest.json").exists():
+        build_backbones(root, spec, progress)
+    return root / "vision", root / "llm"
+
+
+def toy_setup(train_images: int = 5000, eval_images: int = 200, seed: int = 0, fast: bool = False,
+              progress: bool = True) -> tuple[Path, Path, Path]:
+    """The toy world (generated once, then reused from the cache) and the shipped toy backbones.
+
+    Returns ``(world, vision_dir, llm_dir)``. ``fast``: 200 training images (for checking the pipeline, not
+    for results).
     """
     from .toyworld import write_world
 
@@ -260,20 +416,17 @@ def toy_setup(train_images: int = 5000, eval_images: int = 100, seed: int = 0, f
         train_images, eval_images = 200, 8
     world = write_world(cache_dir() / f"world-{train_images}-{eval_images}-{seed}", train_images, eval_images, seed,
                         progress=progress)
-    spec = BackboneSpec(vision_steps=5, lm_steps=5) if fast else BackboneSpec()
-    if vision_steps:
-        spec.vision_steps = vision_steps
-    vision_dir, llm_dir = toy_backbones(world, spec, progress=progress)
-    return world, vision_dir, llm_dir
+    return (world, *toy_backbones(progress=progress))
 
 
 def _native_crop(scene, size: int, rng: random.Random) -> tuple[int, int]:
     """Top-left corner of a ``size`` x ``size`` crop at full resolution (what an HD grid cell sees), often around
     the printed character. The tower sees the world at both scales, as CLIP saw both whole scenes and close-ups
     (text included) in its training data."""
+    from .toyworld import character_crop
+
     if scene.character and rng.random() < 0.7:
-        x = min(max(0, scene.char_xy[0] - rng.randint(4, size - 12)), scene.width - size)
-        return x, scene.height - size
+        return character_crop(scene, size, rng)
     return rng.randint(0, scene.width - size), rng.randint(0, scene.height - size)
 
 

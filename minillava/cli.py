@@ -30,11 +30,15 @@ def toy_llava(fast: bool = False, progress: bool = True) -> tuple[MiniLlava, Pat
 
     Returns ``(model, world, run_folder)``; the notebooks use it so that each can start from a trained model.
     """
+    import hashlib
+
     from .backbones import cache_dir, toy_setup
     from .toyworld import building_folder, move_into_place
 
     world, vision_dir, llm_dir = toy_setup(fast=fast, progress=progress)
-    run = cache_dir() / f"toy-llava-{vision_dir.parent.name}{'-fast' if fast else ''}"
+    # named after the backbones' manifest, so that rebuilt backbones never meet a model trained on older ones
+    backbones = hashlib.sha256((vision_dir.parent / "manifest.json").read_bytes()).hexdigest()[:12]
+    run = cache_dir() / f"toy-llava-{backbones}{'-fast' if fast else ''}"
 
     def complete(folder: Path) -> bool:
         return (folder / "stage2" / "model" / "model.safetensors").exists()
@@ -53,12 +57,15 @@ def toy_llava(fast: bool = False, progress: bool = True) -> tuple[MiniLlava, Pat
 
 def run_toy(args: argparse.Namespace) -> None:
     """The main job: toy world -> backbones -> stage 1 -> stage 2 -> evaluation -> report."""
-    from .backbones import toy_setup
+    from .backbones import read_manifest, toy_setup
     from .evaluate import answer_attention, evaluate_toy, failure_notes, probe_vision_features, write_report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     world, vision_dir, llm_dir = toy_setup(args.train_images, args.eval_images, args.seed, fast=args.fast)
+    if args.backbones:  # a folder written by `minillava backbones build`
+        read_manifest(args.backbones)
+        vision_dir, llm_dir = Path(args.backbones) / "vision", Path(args.backbones) / "llm"
     print(f"backbones: {vision_dir.parent}")
     torch.manual_seed(args.seed)  # the connector's initialisation
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=args.connector)
@@ -161,6 +168,46 @@ def evaluate(args: argparse.Namespace) -> None:
         print(json.dumps(scores, indent=2))
 
 
+def backbones_build(args: argparse.Namespace) -> None:
+    """Build the toy tokenizer, vision tower and LM from a seed, probe them and save them with a manifest."""
+    import json
+    import shlex
+
+    from .backbones import BackboneSpec, build_backbones
+
+    spec = BackboneSpec(seed=args.seed)
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in spec.__dataclass_fields__:
+            raise SystemExit(f"--set expects FIELD=VALUE with a BackboneSpec field "
+                             f"({', '.join(spec.__dataclass_fields__)}), got {item!r}")
+        kind = type(getattr(spec, key))
+        try:
+            setattr(spec, key, kind(float(value)) if kind is int else kind(value))
+        except ValueError:
+            raise SystemExit(f"--set {key}: expected a {kind.__name__}, got {value!r}") from None
+    if args.tiny:  # the same code at a tiny budget: checks the build end to end in seconds
+        spec.corpus_scenes, spec.tower_scenes, spec.vision_steps, spec.lm_steps, spec.probe_scenes = \
+            200, 50, 3, 3, 10
+    out = Path(args.out)
+    if (out / "manifest.json").exists() and not args.force:
+        raise SystemExit(f"{out} already holds built backbones; pass --force to replace them")
+    command = "minillava " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["backbones"] \
+        else f"minillava backbones build --out {out}"
+    build_backbones(out, spec, command=command, replace=args.force)
+    print(json.dumps(json.loads((out / "manifest.json").read_text())["probes"], indent=1))
+    print(f"backbones: {out}")
+
+
+def backbones_show(args: argparse.Namespace) -> None:
+    """Print a backbones folder's manifest (default: the shipped build)."""
+    import json
+
+    from .backbones import SHIPPED, read_manifest
+
+    print(json.dumps(read_manifest(args.folder or SHIPPED), indent=1))
+
+
 def ablate(args: argparse.Namespace) -> None:
     """The paper's ablations at toy scale (see ablate.py)."""
     from .ablate import Budget, ablate, claims_table
@@ -182,9 +229,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/toy", help="run folder (report, loss curves, model)")
     p.add_argument("--connector", default="mlp2x_gelu")
     p.add_argument("--train-images", type=int, default=5000)
-    p.add_argument("--eval-images", type=int, default=100)
+    p.add_argument("--eval-images", type=int, default=200, help="held-out images: one question per task each")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="tiny budgets: checks the pipeline in seconds")
+    p.add_argument("--backbones", help="a folder from `minillava backbones build` (default: the shipped ones)")
     p.set_defaults(func=run_toy)
 
     p = commands.add_parser("train", help="run one training stage from a recipe (configs/recipes/*.yaml)",
@@ -256,6 +304,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.set_defaults(func=evaluate)
+
+    p = commands.add_parser("backbones", help="the toy backbones: `minillava backbones build --out DIR`, `show`")
+    backbone_commands = p.add_subparsers(dest="backbones_command", required=True)
+    p = backbone_commands.add_parser("build", help="build the toy tokenizer, vision tower and LM from a seed",
+                                     description="Pretrains the toy backbones (about an hour on 2 CPU cores at the "
+                                     "default spec), probes them, and writes OUT/vision, OUT/llm and "
+                                     "OUT/manifest.json. The shipped build is minillava/toy_backbones.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a BackboneSpec field")
+    p.add_argument("--tiny", action="store_true", help="a few steps of each part: checks the build in seconds")
+    p.add_argument("--force", action="store_true", help="replace backbones already in OUT")
+    p.set_defaults(func=backbones_build)
+    p = backbone_commands.add_parser("show", help="print a backbones folder's manifest (default: the shipped one)")
+    p.add_argument("folder", nargs="?")
+    p.set_defaults(func=backbones_show)
 
     p = commands.add_parser("ablate", help="the paper's ablations at toy scale (connector, format prompts, HD)")
     p.add_argument("--out", default="runs/ablate")

@@ -376,26 +376,74 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
             for attribute, value in (("colour", t.colour), ("shape", t.shape), ("size", t.size)):
                 labels[attribute].append(ATTRIBUTES[attribute].index(value))
     x = torch.stack(features)  # (objects, D)
+    return {attribute: linear_probe(x, torch.tensor(y), seed, steps) for attribute, y in labels.items()}
+
+
+def probe_character(encoder, n_scenes: int = 300, seed: int = 0, steps: int = 300) -> float:
+    """How well the printed character can be read off one patch feature of a full-resolution close-up.
+
+    For ``n_scenes`` fresh toy scenes that hold a character, a crop of the encoder's input size at full
+    resolution (what one HD grid cell shows) is taken around it, and the feature of the patch holding the
+    glyph's centre (``toyworld.patch_labels``) is classified by a linear probe (held-out accuracy; chance 1/23).
+    """
+    import torch
+
+    from .toyworld import ATTRIBUTES, character_crop, draw_scene, make_scene, patch_labels
+
+    size, grid = encoder.image_size, int(encoder.num_patches ** 0.5)
+    rng = random.Random(seed)
+    crops, where, labels = [], [], []
+    i = 0
+    while len(crops) < n_scenes:
+        scene = make_scene(8_000_000 + seed * 100_003 + i)
+        i += 1
+        if not scene.character:
+            continue
+        x, y = character_crop(scene, size, rng)
+        view = (x, y, size)
+        marked = [(j, row[3]) for j, row in enumerate(patch_labels(scene, grid, view=view, character=True))
+                  if row[3] >= 0]
+        if not marked:
+            continue
+        crops.append(draw_scene(scene).crop((x, y, x + size, y + size)))
+        where.append(marked[0][0])
+        labels.append(marked[0][1])
+    with torch.no_grad():
+        patches = torch.cat([encoder(encoder.preprocess(crops[j:j + 64], "pad")).float().cpu()
+                             for j in range(0, len(crops), 64)])  # (S, N, D)
+    x = patches[torch.arange(len(crops)), torch.tensor(where)]  # (S, D)
+    return linear_probe(x, torch.tensor(labels), seed, steps, classes=len(ATTRIBUTES["character"]))
+
+
+def linear_probe(x, y, seed: int = 0, steps: int = 300, classes: int | None = None) -> float:
+    """Held-out accuracy of a linear classifier (softmax regression, Adam) fitted on the first 80% of the rows
+    of ``x`` ``(S, D)`` to the class indices ``y`` ``(S,)``, scored on the rest. Features are standardised with
+    the training rows' statistics."""
+    import torch
+
     split = int(0.8 * len(x))
     x = (x - x[:split].mean(0)) / (x[:split].std(0) + 1e-6)
-    accuracy = {}
-    for attribute, y in labels.items():
-        y = torch.tensor(y)
-        generator = torch.Generator().manual_seed(seed)
-        probe = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
-        with torch.no_grad():
-            probe.weight.copy_(torch.randn(probe.weight.shape, generator=generator) * 0.01)
-            probe.bias.zero_()
-        optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
-        with torch.enable_grad():
-            for _ in range(steps):
-                loss = torch.nn.functional.cross_entropy(probe(x[:split]), y[:split])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        with torch.no_grad():
-            accuracy[attribute] = (probe(x[split:]).argmax(1) == y[split:]).float().mean().item()
-    return accuracy
+    generator = torch.Generator().manual_seed(seed)
+    probe = torch.nn.Linear(x.shape[1], classes or int(y.max()) + 1)
+    with torch.no_grad():
+        probe.weight.copy_(torch.randn(probe.weight.shape, generator=generator) * 0.01)
+        probe.bias.zero_()
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(probe(x[:split]), y[:split])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        return (probe(x[split:]).argmax(1) == y[split:]).float().mean().item()
+
+
+def probe_patches(encoder, n_scenes: int = 400, seed: int = 0) -> dict[str, float]:
+    """Everything the toy tower's patches should say: an object's colour, shape and size from its own patches
+    (``probe_vision_features``) and the printed character from a close-up's patch (``probe_character``)."""
+    return {**probe_vision_features(encoder, n_scenes, seed),
+            "character": probe_character(encoder, max(20, 3 * n_scenes // 4), seed)}
 
 
 def answer_attention(model, n_scenes: int = 100, seed: int = 0, batch_size: int = 50) -> dict[str, list[float]]:

@@ -24,7 +24,7 @@ import json
 import random
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,6 +221,88 @@ def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image:
     return {"id": f"scene{scene.seed}-{'+'.join(kinds)}", "image": image, "conversations": conv}
 
 
+# ----------------------------------------------------------------------------- text-only scenes (the LM's pretraining)
+
+# A few ways to name one object, colour before or after its shape (a colour word after its shape word needs a
+# different attention pattern than one before it, so the toy LM learns to bind both ways round).
+_OBJECT_WORDINGS = ("a {size} {colour} {shape}", "a {colour} {shape}", "a {shape} that is {colour}",
+                    "a {size} {shape} that is {colour}", "one {colour} {shape}")
+_SCENE_OPENERS = ("There is {objects}.", "I see {objects}.", "The picture shows {objects}.", "{Objects}.",
+                  "Here we have {objects}.")
+TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long")
+# The kinds a record's questions are drawn from: the two that need binding (find the named object, read out its
+# other attribute) twice as often as the rest.
+TEXT_LOOKUP_MIX = ("colour", "shape") * 2 + TEXT_LOOKUP_KINDS[2:]
+
+
+def text_scene(scene: Scene, rng: random.Random, positions: bool = False) -> str:
+    """The scene told in words: its objects in random order, each in one of a few wordings (``positions``: with
+    where each one is). What the toy LM reads where a real LLM reads a paragraph, before it ever sees an image."""
+    things = rng.sample(scene.things, k=len(scene.things))
+    names = []
+    for t in things:
+        name = rng.choice(_OBJECT_WORDINGS).format(size=t.size, colour=t.colour, shape=t.shape).rstrip(",")
+        names.append(f"{name} at the {where(t, scene)}" if positions else name)
+    objects = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    opener = rng.choice(_SCENE_OPENERS)
+    return opener.format(objects=objects, Objects=objects[0].upper() + objects[1:])
+
+
+def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
+    """One question about a scene and its answer, worded as the image tasks word it (``short_qa``, ``pope_qa``,
+    ``choice_qa``, the conversation's "Where is"), with the response-format prompt the image tasks use; the
+    ``*_long`` kinds ask without a format prompt and answer in a sentence."""
+    t = rng.choice(scene.things)
+    if kind in ("colour", "shape", "count"):
+        q, a = short_qa(scene, rng, kind, t)
+        return with_format_prompt(q, SHORT_ANSWER), a
+    if kind == "pope":
+        q, a = pope_qa(scene, rng)
+        return with_format_prompt(q, SHORT_ANSWER), a
+    if kind == "choice":
+        q, a = choice_qa(scene, rng)
+        return with_format_prompt(q, MULTIPLE_CHOICE), a
+    if kind == "where":
+        return with_format_prompt(f"Where is the {t.name}?", SHORT_ANSWER), where(t, scene)
+    if kind == "colour_long":
+        return f"What colour is the {t.shape}?", f"The {t.shape} is {t.colour}."
+    return f"What shape is the {t.colour} object?", f"The {t.colour} object is a {t.shape}."  # shape_long
+
+
+def text_lookup_record(scene: Scene, rng: random.Random, kinds: Sequence[str] | None = None,
+                       questions: tuple[int, int] = (3, 7)) -> dict:
+    """A text-only conversation: the scene in words, then questions answered from those words (``kinds``, or
+    between ``questions[0]`` and ``questions[1]`` of them drawn from ``TEXT_LOOKUP_MIX``).
+
+    Shaped like a stage-2 record with the text where the ``<image>`` marker would be, so the LM learns in text
+    the skill the image tasks need: find the object the question names, and read out its other attribute.
+    Several questions about one scene give several lookups for one read of it (LLaVA's multi-turn records).
+    """
+    kinds = list(kinds or [rng.choice(TEXT_LOOKUP_MIX) for _ in range(rng.randint(*questions))])
+    pairs = [text_lookup_qa(scene, rng, kind) for kind in kinds]
+    context = text_scene(scene, rng, positions="where" in kinds)
+    conv = []
+    for i, (q, a) in enumerate(pairs):
+        conv += [{"from": "human", "value": (context + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
+    return {"id": f"text-scene{scene.seed}-{'+'.join(kinds)}", "conversations": conv}
+
+
+def language_corpus(n_scenes: int, seed: int = 0, lookup_share: float = 0.5) -> list[str]:
+    """Plain text of the toy world, without drawing an image: the captions and stage-2 turns of ``n_scenes``
+    scenes, the text-only conversations, and text-lookup records (each record one text: scene, questions and
+    answers). What the toy tokenizer is trained on and the toy LM reads as its "web text"."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n_scenes):
+        scene = make_scene(2 * 10**9 + seed * 7919 + i)
+        texts.append(caption(scene))
+        texts += [turn["value"].replace(IMAGE, "").strip()
+                  for turn in stage2_record(scene, "", rng)["conversations"]]
+        if rng.random() < lookup_share:
+            texts.append(" ".join(turn["value"] for turn in text_lookup_record(scene, rng)["conversations"]))
+    return texts + [f"{q} {a}" for q, a in TEXT_ONLY]
+
+
 # ----------------------------------------------------------------------------- writing a world to disk
 
 # "where" asks the conversation question "Where is the red circle?" with the short-answer prompt, a pairing
@@ -275,6 +357,13 @@ def patches_on(thing: Thing, scene: Scene, grid: int, view: tuple[float, float, 
     cell, r = side / grid, SIZES[thing.size]
     return [gy * grid + gx for gy in range(grid) for gx in range(grid)
             if abs(left + (gx + 0.5) * cell - thing.x) < r and abs(top + (gy + 0.5) * cell - thing.y) < r]
+
+
+def character_crop(scene: Scene, size: int, rng: random.Random) -> tuple[int, int]:
+    """Top-left corner of a ``size`` x ``size`` full-resolution crop that holds the scene's printed character
+    (at a random place in the crop): a close-up such as one HD grid cell shows."""
+    x = min(max(0, scene.char_xy[0] - rng.randint(4, size - 12)), scene.width - size)
+    return x, scene.height - size
 
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES), "character": list(CHARACTERS)}

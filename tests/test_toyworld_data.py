@@ -184,38 +184,23 @@ def test_records_from_hugging_face_datasets(model):
     assert sample["image_size"] == (20, 10)
 
 
-def test_building_backbones_leaves_the_callers_random_state_alone(world, tmp_path, monkeypatch):
+TINY_SPEC = dict(corpus_scenes=60, tower_scenes=20, vision_steps=2, lm_steps=2, probe_scenes=4)
+
+
+def test_building_backbones_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
     from minillava.backbones import BackboneSpec, toy_backbones
 
     monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    toy_backbones(world, BackboneSpec(vision_steps=2, lm_steps=2), progress=False)
+    toy_backbones(BackboneSpec(**TINY_SPEC), progress=False)
     assert torch.equal(torch.random.get_rng_state(), before)  # built or cached, the caller's next draw is the same
-
-
-def test_a_longer_pretrained_tower_comes_with_the_same_lm(world, tmp_path, monkeypatch):
-    """toy_setup(vision_steps=...) relies on it: the LM's pretraining does not depend on the tower's."""
-    from safetensors.torch import load_file
-
-    from minillava.backbones import BackboneSpec, toy_backbones
-
-    monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
-    short = toy_backbones(world, BackboneSpec(vision_steps=2, lm_steps=2), progress=False)
-    longer = toy_backbones(world, BackboneSpec(vision_steps=3, lm_steps=2), progress=False)
-    assert short[0] != longer[0]  # cached apart
-
-    def weights(folder):
-        return load_file(str(folder / "model.safetensors"))
-
-    lm_a, lm_b = weights(short[1]), weights(longer[1])
-    assert lm_a.keys() == lm_b.keys() and all(torch.equal(lm_a[k], lm_b[k]) for k in lm_a)
-    tower_a, tower_b = weights(short[0]), weights(longer[0])
-    assert not all(torch.equal(tower_a[k], tower_b[k]) for k in tower_a)
 
 
 def test_cached_builds_happen_aside_and_survive_a_concurrent_builder(world, tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
+
+    from safetensors.torch import load_file
 
     from minillava.backbones import BackboneSpec, toy_backbones
 
@@ -229,12 +214,20 @@ def test_cached_builds_happen_aside_and_survive_a_concurrent_builder(world, tmp_
     # two builders of the same backbones at once (two notebooks starting together): both get the finished
     # folders, and nothing half-built is left next to them
     monkeypatch.setenv("MINILLAVA_CACHE", str(tmp_path / "cache"))
-    spec = BackboneSpec(vision_steps=2, lm_steps=2)
+    spec = BackboneSpec(**TINY_SPEC)
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: toy_backbones(world, spec, progress=False), range(2)))
+        results = list(pool.map(lambda _: toy_backbones(spec, progress=False), range(2)))
     assert results[0] == results[1] and (results[0][1] / "config.json").exists()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [results[0][0].parent.name]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("w")] == ["w"]
+    # another spec is built apart; the LM's pretraining does not depend on the tower's
+    longer = toy_backbones(BackboneSpec(**{**TINY_SPEC, "vision_steps": 3}), progress=False)
+    assert longer[0] != results[0][0]
+    lm_a, lm_b = load_file(str(results[0][1] / "model.safetensors")), load_file(str(longer[1] / "model.safetensors"))
+    assert lm_a.keys() == lm_b.keys() and all(torch.equal(lm_a[k], lm_b[k]) for k in lm_a)
+    tower_a = load_file(str(results[0][0] / "model.safetensors"))
+    tower_b = load_file(str(longer[0] / "model.safetensors"))
+    assert not all(torch.equal(tower_a[k], tower_b[k]) for k in tower_a)
 
 
 def test_patch_labels_name_what_lies_under_each_patch():
