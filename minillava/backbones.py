@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm.auto import tqdm
 from transformers import (
     CLIPImageProcessorPil,
@@ -35,9 +35,12 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 BACKBONES_VERSION = 4  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000,
+                    phrases: Sequence[str] = ()) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (GPT-2 style) that adds BOS like Llama's and knows ``<image>``.
 
+    ``phrases`` become single tokens wherever they follow a space (``" red circle"``): the toy language names
+    each coloured shape with one token, as one image patch holds a coloured shape in one vector.
     A small corpus may give fewer tokens than ``vocab_size``: use ``len(tokenizer)``.
     """
     tok = Tokenizer(models.BPE())
@@ -48,6 +51,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000) -> PreTrained
     tok.train_from_iterator(corpus, trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tok.add_tokens([AddedToken(" " + phrase, normalized=False) for phrase in phrases])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", extra_special_tokens=["<image>"])
 
@@ -100,10 +104,10 @@ class BackboneSpec:
     corpus_scenes: int = 3000  # scenes whose text the tokenizer and the LM's plain-text share are made of
     image_size: int = 64
     patch_size: int = 8
-    vision_width: int = 64
-    vision_layers: int = 3
-    tower_scenes: int = 2000  # scenes the tower pretrains on (each gives a padded whole view and a close-up)
-    vision_steps: int = 900
+    vision_width: int = 96
+    vision_layers: int = 4
+    tower_scenes: int = 6000  # scenes the tower pretrains on (each gives a padded whole view and a close-up)
+    vision_steps: int = 8000
     vision_batch_size: int = 16
     vision_lr: float = 2e-3
     centre_weight: float = 1.0  # keep the tower's layer -2 features centred (see pretrain_vision_tower)
@@ -112,8 +116,9 @@ class BackboneSpec:
     lm_heads: int = 4
     lm_steps: int = 4000
     lm_batch_size: int = 32
-    lm_lr: float = 2e-3
-    lm_text_share: float = 0.15  # share of each LM batch that is plain toy text; the rest, text lookups
+    lm_lr: float = 3e-4  # 1e-3 and more leave the lookup on a plateau (docs/findings.md)
+    lm_text_share: float = 0.15  # share of each LM batch that is plain toy text
+    lm_caption_share: float = 0.2  # share that is a scene in words, then its caption; the rest, text lookups
     lm_eval_every: int = 250  # score the text lookups every so many steps (0: never), into manifest.json
     probe_scenes: int = 100  # fresh scenes per probe question kind and object count (manifest.json)
     seed: int = 0
@@ -178,19 +183,34 @@ def lookup_example(tokenizer, seed: int, n_things: int | None = None, kinds: Seq
     return tokenize_conversation(record["conversations"], tokenizer, prepare_tokenizer(tokenizer))
 
 
+def caption_example(tokenizer, seed: int) -> dict:
+    """A scene told in words, a new line, then its caption, with labels on the caption only: the text form of
+    a stage-1 sample (``<image>`` + caption, the ``plain`` template), so the LM learns to describe what its
+    context holds before the connector has to make image patches read like that context."""
+    from .prompts import IGNORE_INDEX
+    from .toyworld import caption, make_scene, text_scene
+
+    scene = make_scene(seed)
+    context = tokenizer(text_scene(scene, random.Random(seed)) + "\n")["input_ids"]  # BOS + the scene in words
+    answer = tokenizer(caption(scene) + "\n", add_special_tokens=False)["input_ids"]
+    return {"input_ids": context + answer, "labels": [IGNORE_INDEX] * len(context) + answer}
+
+
 def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec, progress: bool = True,
                             history: list | None = None) -> LlamaForCausalLM:
     """A tiny Llama that, like Vicuna, reads a context and answers from it.
 
-    Each batch is ``lm_text_share`` plain toy text (next-token prediction on every token, like a base LLM) and
-    the rest text-lookup conversations (``toyworld.text_lookup_record``: a scene in words, then questions in the
-    chat template answered from it; loss on the answers). The two shares are averaged apart, so the few answer
-    tokens weigh as much as the many text tokens. Without the lookups the LM never learns to find "the square"
-    in its context and read out its colour, and LLaVA's stage 2 is far too short to grow that from nothing
+    Each batch is ``lm_text_share`` plain toy text (next-token prediction on every token, like a base LLM),
+    ``lm_caption_share`` scenes in words followed by their captions (``caption_example``; loss on the caption),
+    and the rest text-lookup conversations (``toyworld.text_lookup_record``: a scene in words, then questions in
+    the chat template answered from it; loss on the answers). The plain text and the rest are averaged apart, so
+    the few answer tokens weigh as much as the many text tokens. Without the lookups the LM never learns to find
+    "the square" in its context and read out its colour, and LLaVA's stage 2 is far too short to grow that from
+    nothing
     (docs/findings.md).
 
     The lookup forms suddenly after a plateau, so the build watches it: every ``lm_eval_every`` steps the
-    colour and shape lookups are scored on fresh scenes by object count, printed, and appended to ``history``.
+    lookups are scored on fresh scenes by object count and kind, printed, and appended to ``history``.
     """
     from .prompts import IGNORE_INDEX
 
@@ -203,19 +223,21 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
     schedule = _warmup_cosine(optimizer, spec.lm_steps)
     rng = random.Random(spec.seed)
     n_text = round(spec.lm_batch_size * spec.lm_text_share)
+    n_captions = round(spec.lm_batch_size * spec.lm_caption_share)
     lm.train()
     bar = tqdm(range(spec.lm_steps), desc="pretrain language model", disable=not progress)
     for step in bar:
         if spec.lm_eval_every and step % spec.lm_eval_every == 0 and step:
-            accuracy = text_lookup_accuracy(lm, tokenizer, 20, seed=1, kinds=("colour", "shape"))
+            accuracy = text_lookup_accuracy(lm, tokenizer, 20, seed=1)
             lm.train()
             if history is not None:
                 history.append({"step": step, **{k: round(v, 3) for k, v in accuracy.items()}})
             bar.write(f"step {step}: text lookups " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
         rows = [{"input_ids": ids, "labels": ids} for ids in rng.sample(text_ids, k=min(n_text, len(text_ids)))]
         texts_in_batch = len(rows)
+        rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8)) for _ in range(n_captions)]
         rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8))
-                 for _ in range(spec.lm_batch_size - texts_in_batch)]
+                 for _ in range(spec.lm_batch_size - len(rows))]
         input_ids, labels = _pad_rows(rows, pad)
         logits = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits[:, :-1]  # (B, T-1, V)
         targets = labels[:, 1:]
@@ -330,11 +352,12 @@ def build_backbones(out: str | Path, spec: BackboneSpec | None = None, progress:
     import subprocess
     import time
 
-    from .toyworld import ATTRIBUTES, WORLD_VERSION, building_folder, language_corpus, move_into_place
+    from .toyworld import ATTRIBUTES, COLOURS, SHAPES, WORLD_VERSION, building_folder, language_corpus, move_into_place
 
     spec, out, started = spec or BackboneSpec(), Path(out), time.time()
     texts = language_corpus(spec.corpus_scenes, spec.seed)
-    tokenizer = train_tokenizer(texts + _template_text(), vocab_size=spec.vocab_size)
+    tokenizer = train_tokenizer(texts + _template_text(), vocab_size=spec.vocab_size,
+                                phrases=[f"{colour} {shape}" for colour in COLOURS for shape in SHAPES])
     # The pretraining seeds torch itself (spec.seed); fork_rng gives the caller back its random state, so what
     # the caller does next (e.g. initialising a connector) is the same whether the backbones were built or not.
     with torch.random.fork_rng(devices=[]):
@@ -347,9 +370,12 @@ def build_backbones(out: str | Path, spec: BackboneSpec | None = None, progress:
     built = building_folder(out)
     save_backbone(built / "vision", tower, processor)
     save_backbone(built / "llm", lm, tokenizer)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True).stdout.strip()
+    try:  # the commit the code came from, marked when the working tree had changes
+        here = Path(__file__).parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True,
+                               text=True).stdout.strip()
+        commit += "+uncommitted" if commit and dirty else ""
     except OSError:
         commit = ""
     manifest = {"spec": asdict(spec), "backbones_version": BACKBONES_VERSION, "world_version": WORLD_VERSION,

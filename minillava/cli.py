@@ -15,7 +15,7 @@ from .trainer import Recipe, load_connector, train
 def toy_recipes(world: Path, fast: bool = False) -> tuple[Recipe, Recipe]:
     """The toy recipe: LLaVA-1.5's two stages at toy scale (configs/recipes/toy-stage{1,2}.yaml hold the same)."""
     stage1 = Recipe(stage=1, data=str(world / "stage1.json"), image_folder=str(world / "images"), template="plain",
-                    preprocess="crop", max_length=512, max_steps=150, per_device_batch_size=16,
+                    preprocess="crop", max_length=512, max_steps=600, per_device_batch_size=16,
                     learning_rate=1e-3, log_every=10)
     stage2 = Recipe(stage=2, data=str(world / "stage2.json"), image_folder=str(world / "images"),
                     template="vicuna_v1", preprocess="pad", max_length=512, epochs=1, per_device_batch_size=4,

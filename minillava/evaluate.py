@@ -611,9 +611,9 @@ def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = Non
         splits = [results[t]["by_objects"] for t in failed if results[t].get("by_objects")]
         if any(1 in sp and len(sp) > 1 and sp[1] - max(a for n, a in sp.items() if n > 1) > 0.2 for sp in splits):
             lines += ["", "High with one shape and low with several: the model reads an attribute but does not find "
-                      "*the named* shape among several (binding). bench/README.md (\"Where binding fails\") "
-                      "measures why: even from perfect features, the toy LM learns this lookup only after about ten "
-                      "thousand such questions, and only at a small enough learning rate."]
+                      "*the named* shape among several (binding). docs/findings.md measures what it takes: an LM "
+                      "that already looks things up in text (the toy backbones' manifest.json shows its text "
+                      "lookups), and a learning rate small enough for the lookup to form."]
     if probe:
         lines += ["", "What the vision features hold (a linear probe of each object's patch features on fresh "
                   "scenes; chance: colour 25%, shape 33%, size 50%): "

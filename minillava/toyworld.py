@@ -223,10 +223,10 @@ def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image:
 
 # ----------------------------------------------------------------------------- text-only scenes (the LM's pretraining)
 
-# A few ways to name one object, colour before or after its shape (a colour word after its shape word needs a
-# different attention pattern than one before it, so the toy LM learns to bind both ways round).
-_OBJECT_WORDINGS = ("a {size} {colour} {shape}", "a {colour} {shape}", "a {shape} that is {colour}",
-                    "a {size} {shape} that is {colour}", "one {colour} {shape}")
+# A few ways to name one object. The colour stays right before its shape: the toy tokenizer names each coloured
+# shape with one token (" red circle"), as one image patch holds a coloured shape in one vector, and a lookup
+# in text is then what a lookup in an image is: find the position that holds "circle", read out its colour.
+_OBJECT_WORDINGS = ("a {size} {colour} {shape}", "a {colour} {shape}", "one {colour} {shape}")
 _SCENE_OPENERS = ("There is {objects}.", "I see {objects}.", "The picture shows {objects}.", "{Objects}.",
                   "Here we have {objects}.")
 TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long")
@@ -270,7 +270,7 @@ def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, st
 
 
 def text_lookup_record(scene: Scene, rng: random.Random, kinds: Sequence[str] | None = None,
-                       questions: tuple[int, int] = (3, 7)) -> dict:
+                       questions: tuple[int, int] = (1, 3)) -> dict:
     """A text-only conversation: the scene in words, then questions answered from those words (``kinds``, or
     between ``questions[0]`` and ``questions[1]`` of them drawn from ``TEXT_LOOKUP_MIX``).
 
