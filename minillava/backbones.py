@@ -173,6 +173,9 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
     return tower.eval(), processor
 
 
+LOOKUP_SEEDS = 3 * 10**9  # scenes of the LM's lookups; the probes' held-out scenes start at 4 * 10**9
+
+
 def lookup_example(tokenizer, seed: int, n_things: int | None = None, kinds: Sequence[str] | None = None) -> dict:
     """One text-lookup record (``toyworld.text_lookup_record``) of scene ``seed``, tokenized in the chat template
     with labels on the answers only: ``{"input_ids", "labels"}``."""
@@ -206,8 +209,7 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
     the chat template answered from it; loss on the answers). The plain text and the rest are averaged apart, so
     the few answer tokens weigh as much as the many text tokens. Without the lookups the LM never learns to find
     "the square" in its context and read out its colour, and LLaVA's stage 2 is far too short to grow that from
-    nothing
-    (docs/findings.md).
+    nothing; without the captions the lookups stay in text and never reach the image (docs/findings.md).
 
     The lookup forms suddenly after a plateau, so the build watches it: every ``lm_eval_every`` steps the
     lookups are scored on fresh scenes by object count and kind, printed, and appended to ``history``.
@@ -255,9 +257,6 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
     return lm.eval()
 
 
-LOOKUP_SEEDS = 3 * 10**9  # scenes of the LM's lookups; the probes' held-out scenes start at 4 * 10**9
-
-
 @torch.no_grad()
 def text_lookup_accuracy(lm, tokenizer, n_scenes: int = 100, seed: int = 0,
                          kinds: Sequence[str] | None = None) -> dict[str, float]:
@@ -289,9 +288,11 @@ def text_lookup_accuracy(lm, tokenizer, n_scenes: int = 100, seed: int = 0,
 
 def _pad_rows(rows: Sequence[dict], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad ``{"input_ids", "labels"}`` rows into two ``(B, T)`` tensors (labels -100 on padding)."""
+    from .prompts import IGNORE_INDEX
+
     length = max(len(r["input_ids"]) for r in rows)
     input_ids = torch.tensor([r["input_ids"] + [pad] * (length - len(r["input_ids"])) for r in rows])
-    labels = torch.tensor([r["labels"] + [-100] * (length - len(r["labels"])) for r in rows])
+    labels = torch.tensor([r["labels"] + [IGNORE_INDEX] * (length - len(r["labels"])) for r in rows])
     return input_ids, labels
 
 
