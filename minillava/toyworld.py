@@ -475,13 +475,3 @@ def move_into_place(built: Path, folder: Path, complete: Callable[[Path], bool])
             return
         shutil.rmtree(folder)
         built.rename(folder)
-
-
-def corpus(folder: str | Path) -> list[str]:
-    """All the text of a world (for the tokenizer and LM pretraining): every turn of every record."""
-    folder = Path(folder)
-    texts = []
-    for name in ("stage1.json", "stage2.json"):
-        for record in json.loads((folder / name).read_text()):
-            texts += [turn["value"].replace(IMAGE, "").strip() for turn in record["conversations"]]
-    return texts
