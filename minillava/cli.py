@@ -192,8 +192,8 @@ def backbones_build(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:
         raise SystemExit(f"{out} already holds built backbones; pass --force to replace them")
-    command = "minillava " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["backbones"] \
-        else f"minillava backbones build --out {out}"
+    command = " ".join(["minillava backbones build --out", shlex.quote(str(out)), f"--seed {args.seed}",
+                        *(f"--set {shlex.quote(item)}" for item in args.set or []), *(["--tiny"] if args.tiny else [])])
     build_backbones(out, spec, command=command, replace=args.force)
     print(json.dumps(json.loads((out / "manifest.json").read_text())["probes"], indent=1))
     print(f"backbones: {out}")
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser("backbones", help="the toy backbones: `minillava backbones build --out DIR`, `show`")
     backbone_commands = p.add_subparsers(dest="backbones_command", required=True)
     p = backbone_commands.add_parser("build", help="build the toy tokenizer, vision tower and LM from a seed",
-                                     description="Pretrains the toy backbones (about an hour on 2 CPU cores at the "
+                                     description="Pretrains the toy backbones (about 27 min on 2 CPU cores at the "
                                      "default spec), probes them, and writes OUT/vision, OUT/llm and "
                                      "OUT/manifest.json. The shipped build is minillava/toy_backbones.")
     p.add_argument("--out", required=True, help="output folder")

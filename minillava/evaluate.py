@@ -620,13 +620,16 @@ def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = Non
                   + ", ".join(f"{k} {v:.0%}" for k, v in probe.items()) + ". A task that needs an attribute the "
                   "features hold poorly is capped by it, however long the LM trains."]
     if attention:
-        named, others, image, even = (attention[k][-1] for k in ("named object", "other objects", "whole image",
-                                                                  "even spread"))
+        # the layer whose answer position looks hardest at the named object (where a lookup would show)
+        layer = max(range(len(attention["named object"])), key=lambda i: attention["named object"][i])
+        named, others, image, even = (attention[k][layer] for k in ("named object", "other objects", "whole image",
+                                                                     "even spread"))
         lines += ["", "Where the LM looks when it answers a question that names one object (the attention of the "
-                  f"position that predicts the answer, last layer): {named:.1%} on the named object's "
-                  f"patches, {others:.1%} on the other objects', {image:.0%} on the image in all. Spread evenly "
-                  f"over the image, the named object would get {even:.1%}."
-                  + (" The model looks at the image as a whole, not at the object the question names: the lookup "
+                  f"position that predicts the answer, layer {layer + 1} of {len(attention['named object'])}, the "
+                  f"one that looks hardest at it): {named:.1%} on the named object's patches, {others:.1%} on the "
+                  f"other objects', {image:.0%} on the image in all. Spread evenly over the image, the named object "
+                  f"would get {even:.1%}."
+                  + (" No layer looks at the named object more than at an even spread of the image: the lookup "
                      "that binding needs has not formed." if named < 2 * even else "")]
     return lines + [""]
 

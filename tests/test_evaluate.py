@@ -221,7 +221,7 @@ def test_report_names_the_failed_tasks_and_why(tmp_path):
     assert "**colour**" not in section and "shape 60%" in section
     assert "by number of shapes in the scene: 1: 90%, 2: 35%, 3: 30%" in section and "(binding)" in section
     assert json.loads((tmp_path / "vision_probe.json").read_text())["shape"] == 0.6
-    # the last layer's attention is quoted; 5% on the named object against 4% evenly spread: not found
+    # the layer that looks hardest at the named object is quoted (here the last): 5% against 4% evenly spread
     assert "5.0% on the named object's patches" in section and "would get 4.0%" in section
     assert "has not formed" in section
     attention["named object"][-1] = 0.3  # a model that found it
