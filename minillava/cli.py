@@ -83,7 +83,9 @@ def run_toy(args: argparse.Namespace) -> None:
 def train_command(args: argparse.Namespace) -> None:
     """One training stage from a recipe YAML, with any vision tower and LM (hub names or local folders)."""
     import yaml
+    from accelerate.utils import set_seed
 
+    from .checkpoint import find_checkpoint
     from .hd import HDConfig
 
     overrides = {}
@@ -93,8 +95,11 @@ def train_command(args: argparse.Namespace) -> None:
             raise SystemExit(f"--set expects key=value, got {item!r}")
         overrides[key] = yaml.safe_load(value)
     recipe = Recipe.from_yaml(args.recipe, **overrides)
-    if recipe.stage == 2 and not args.stage1 and not args.resume:
-        raise SystemExit("stage 2 starts from the stage-1 connector: pass --stage1 <stage-1 output folder>")
+    resumable = args.resume and find_checkpoint(Path(args.out) / "checkpoint") is not None
+    if recipe.stage == 2 and not args.stage1 and not resumable:
+        raise SystemExit("stage 2 starts from the stage-1 connector: pass --stage1 <stage-1 output folder>"
+                         + (f" (--resume found no checkpoint in {args.out})" if args.resume else ""))
+    set_seed(recipe.seed)  # the connector's initialisation: the same seed gives the same run
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
     model = MiniLlava.from_backbones(args.vision, args.llm, connector=args.connector,
                                      hd=HDConfig() if args.hd else None, dtype=dtype,
@@ -108,7 +113,13 @@ def data_check(args: argparse.Namespace) -> None:
     """Report invalid records and missing/corrupt images of a LLaVA data file; exit 1 if there are any."""
     from .data import check_data
 
-    report = check_data(args.data, args.images, decode=args.decode)
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    report = check_data(args.data, args.images, decode=args.decode, tokenizer=tokenizer, template=args.template,
+                        max_length=args.max_length, image_tokens=args.image_tokens)
     print(f"{args.data}: {report['records']} records ({report['image_records']} with an image, "
           f"{report['text_only']} text-only)")
     if not report["problems"]:
@@ -146,7 +157,7 @@ def chat(args: argparse.Namespace) -> None:
     from .convert import load_any
 
     model = load_any(args.model).eval()
-    image = Image.open(args.image).convert("RGB") if args.image else None
+    image = Image.open(args.image) if args.image else None  # model.answer converts it (encoder.to_rgb)
     print(model.answer([image], [args.question], max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature)[0])
 
@@ -260,6 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("data", help="LLaVA JSON (list of records) or JSONL")
     p.add_argument("--images", help="the image folder the records' paths are relative to")
     p.add_argument("--decode", action="store_true", help="fully decode every image (slow; finds truncated files)")
+    p.add_argument("--tokenizer", help="the LM (hub name or folder) whose tokenizer training will use: also tokenize "
+                                       "every record, as training does (finds over-long samples, rejected text)")
+    p.add_argument("--template", default="vicuna_v1", help="with --tokenizer: the recipe's template")
+    p.add_argument("--max-length", type=int, default=2048, help="with --tokenizer: the recipe's max_length")
+    p.add_argument("--image-tokens", type=int, default=576, help="with --tokenizer: tokens per image (576: "
+                                                                  "CLIP ViT-L/14 at 336 px)")
     p.set_defaults(func=data_check)
 
     from .plan import LLMS, STRATEGIES, VISION

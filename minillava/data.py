@@ -11,6 +11,7 @@ every row's last prompt token sits at the same position and new tokens are appen
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from .encoder import to_rgb
 from .prompts import IGNORE_INDEX, IMAGE, PromptError, SampleTooLong, tokenize_conversation
 
 
@@ -66,12 +68,25 @@ class RecordError(ValueError):
 def load_records(path: str | Path) -> list[dict]:
     """Read LLaVA records from a JSON list (``llava_v1_5_mix665k.json``) or a JSON-lines file."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    text = path.read_text()
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); LLaVA data files are UTF-8 JSON",
+                          "encoding") from e
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    records = json.loads(text)
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                records += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}, line {number}: not valid JSON ({e.msg}, column {e.colno})", "json") from e
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", "json") from e
     if not isinstance(records, list):
         raise RecordError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     return records
@@ -81,11 +96,29 @@ def record_id(record: dict, index: int) -> str:
     return str(record.get("id", f"#{index}")) if isinstance(record, dict) else f"#{index}"
 
 
-def check_record(record: dict, index: int, image_folder: Path | None) -> None:
-    """Structural checks that need no image decoding and no tokenizer; raises ``RecordError`` naming the record."""
+# Control tokens of Llama / Vicuna: written as text in a record, a tokenizer would read them as the control token
+# itself (an answer holding "</s>" would teach the model to stop there). `data check` looks for these when it
+# has no tokenizer; the dataset looks for its tokenizer's own.
+LLAMA_CONTROL_TOKENS = ("<s>", "</s>", "<unk>")
+
+
+def control_tokens(tokenizer) -> list[str]:
+    """The special tokens of ``tokenizer`` that a record must not hold as text (all but ``<image>``)."""
+    return [t for t in tokenizer.all_special_tokens if t != IMAGE]
+
+
+def check_record(record: dict, index: int, image_folder: Path | None,
+                 forbidden: Sequence[str] = LLAMA_CONTROL_TOKENS) -> None:
+    """Checks that need no image decoding and no tokenizer; raises ``RecordError`` naming the record.
+
+    ``forbidden``: control-token strings a turn must not contain as text (``control_tokens(tokenizer)``).
+    """
     rid = record_id(record, index)
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
         raise RecordError(f"record {rid}: needs a 'conversations' list", "structure")
+    if not isinstance(record.get("id", ""), (str, int)):
+        raise RecordError(f"record {rid}: 'id' must be a string or a number, got {type(record['id']).__name__}",
+                          "structure")
     turns = record["conversations"]
     if not turns:
         raise RecordError(f"record {rid}: empty conversation", "structure")
@@ -96,6 +129,12 @@ def check_record(record: dict, index: int, image_folder: Path | None) -> None:
                               f"human, gpt, ...), got {str(turn)[:80]}", "roles")
     if turns[-1]["from"] != "gpt":
         raise RecordError(f"record {rid}: the last turn must be an answer (from 'gpt')", "roles")
+    for i, turn in enumerate(turns):
+        if turn["from"] == "gpt" and not turn["value"].strip():
+            raise RecordError(f"record {rid}: turn {i} is an empty answer (nothing to learn from)", "empty text")
+        if bad := [t for t in forbidden if t in turn["value"]]:
+            raise RecordError(f"record {rid}: turn {i} holds the control token {bad[0]!r} as text; the tokenizer "
+                              "would read it as the token itself", "control token")
     n_markers = sum(t["value"].count(IMAGE) for t in turns)
     image = record.get("image")
     if image is None and n_markers:
@@ -104,11 +143,48 @@ def check_record(record: dict, index: int, image_folder: Path | None) -> None:
     if image is not None and n_markers != 1:
         raise RecordError(f"record {rid}: an image record needs exactly one {IMAGE} marker, found {n_markers}",
                           "image marker")
+    if image is not None and not isinstance(image, (str, Image.Image)) and not hasattr(image, "load"):
+        raise RecordError(f"record {rid}: 'image' must be a file path (a string), got {type(image).__name__} "
+                          f"{str(image)[:40]!r}", "structure")
     if isinstance(image, str):
+        if not image.strip():
+            raise RecordError(f"record {rid}: 'image' is an empty path", "missing image")
         if image_folder is None:
             raise RecordError(f"record {rid}: image {image!r} is a path but no image folder was given", "missing image")
         if not (image_folder / image).is_file():
             raise RecordError(f"record {rid}: image file {image_folder / image} not found", "missing image")
+
+
+def tokenize_record(record: dict, rid: str, tokenizer, image_token_id: int, image_token_counts: Sequence[int],
+                    template: str, max_length: int | None) -> dict:
+    """``tokenize_conversation`` of a record, its failures as ``RecordError`` naming the record (the dataset and
+    ``data check`` share it, so the check finds what training would reject)."""
+    try:
+        return tokenize_conversation(record["conversations"], tokenizer, image_token_id, image_token_counts,
+                                     template, max_length=max_length)
+    except SampleTooLong as err:
+        raise RecordError(f"record {rid}: {err}", "too long") from err
+    except PromptError as err:
+        raise RecordError(f"record {rid}: {err}", "prompt") from err
+    except (UnicodeError, TypeError, ValueError) as err:  # text the tokenizer cannot encode (lone surrogates, ...)
+        raise RecordError(f"record {rid}: the tokenizer rejects its text ({type(err).__name__}: {err})",
+                          "text encoding") from err
+
+
+def open_image(path: Path, decode: bool = True) -> Image.Image | None:
+    """Open an image file as RGB (``to_rgb``), with PIL's decompression-bomb guard as an error rather than a
+    warning; ``decode=False`` only checks headers and structure (``Image.verify``, fast) and returns None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if not decode:
+                im.verify()
+                return None
+            return to_rgb(im)
+
+
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+                MemoryError)  # what PIL raises for broken files (UnidentifiedImageError is an OSError)
 
 
 class LlavaDataset(Dataset):
@@ -118,10 +194,11 @@ class LlavaDataset(Dataset):
     ``load()`` method, as the ``datasets`` adapter gives). ``prepare_image(image)`` turns an image into
     ``{"pixel_values", "image_size", "n_tokens"}`` (``MiniLlava.prepare_image``).
 
-    Bad records: ``on_error="error"`` raises ``RecordError`` naming the record; ``"skip"`` drops it, counts the
-    reason in ``self.skipped`` and never does so silently (``summary()``). Structural problems and missing files
-    are found when the dataset is built; corrupt images and over-long samples when the example is read (the
-    collator then leaves it out of its batch).
+    Bad records: ``on_error="error"`` raises ``RecordError`` naming the record; ``"skip"`` drops it and counts
+    the reason, never silently. Structural problems and missing files are found when the dataset is built
+    (counted in ``self.skipped``, ``summary()``); corrupt images, text the tokenizer rejects and over-long
+    samples when the example is read: ``__getitem__`` then returns a skip marker, which the collator leaves
+    out of the batch and lists in ``batch["skipped"]``, and the trainer counts (docs/data_format.md).
     """
 
     def __init__(self, records: Sequence[dict], tokenizer, image_token_id: int, prepare_image: Callable,
@@ -135,9 +212,10 @@ class LlavaDataset(Dataset):
         self.template, self.max_length, self.on_error = template, max_length, on_error
         self.skipped: Counter[str] = Counter()
         self.records = []
+        forbidden = control_tokens(tokenizer)
         for index, record in enumerate(records):
             try:
-                check_record(record, index, self.image_folder)
+                check_record(record, index, self.image_folder, forbidden)
                 self.records.append(record)
             except RecordError as err:
                 self._bad(err)
@@ -157,62 +235,74 @@ class LlavaDataset(Dataset):
         self.skipped["total"] += 1
 
     def summary(self) -> str:
-        """A one-line account of what was skipped (empty when nothing was)."""
-        if not self.skipped:
-            return ""
-        reasons = ", ".join(f"{k}: {v}" for k, v in self.skipped.items() if k != "total")
-        return f"skipped {self.skipped['total']} bad record(s) ({reasons})"
+        """A one-line account of the records skipped when the dataset was built (empty when none were)."""
+        return skip_summary(self.skipped)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def load_image(self, image) -> Image.Image:
+        """The record's image as RGB (``encoder.to_rgb``: the one conversion training, evaluation and ``answer``
+        share). PIL's decompression-bomb guard stays on: an image over ``Image.MAX_IMAGE_PIXELS`` is an error."""
         if isinstance(image, Image.Image):
-            return image.convert("RGB")
+            return to_rgb(image)
         if hasattr(image, "load") and not isinstance(image, (str, Path)):
-            return image.load().convert("RGB")
-        with Image.open(self.image_folder / image) as im:
-            return im.convert("RGB")
+            return to_rgb(image.load())
+        return open_image(self.image_folder / image)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, index: int) -> dict:
+        """One training example, or (skip mode) ``{"skipped": reason, "id", "message"}`` for a record that
+        cannot be used. The marker travels in the batch (``collate``), so the trainer counts skips made in
+        DataLoader worker processes too."""
         record = self.records[index]
         rid = record_id(record, index)
         try:
-            image, n_tokens = None, []
-            if record.get("image") is not None:
-                image = self.prepare_image(self.load_image(record["image"]))
-                n_tokens = [image["n_tokens"]]
-            sample = tokenize_conversation(record["conversations"], self.tokenizer, self.image_token_id, n_tokens,
-                                           self.template, max_length=self.max_length)
-        except OSError as err:  # PIL's UnidentifiedImageError is an OSError too
-            self._bad(RecordError(f"record {rid}: cannot read image {record['image']!r}: {err}", "corrupt image"))
-            return None
-        except SampleTooLong as err:
-            self._bad(RecordError(f"record {rid}: {err}", "too long"))
-            return None
-        except PromptError as err:
-            self._bad(RecordError(f"record {rid}: {err}", "prompt"))
-            return None
+            try:
+                image, n_tokens = None, []
+                if record.get("image") is not None:
+                    image = self.prepare_image(self.load_image(record["image"]))
+                    n_tokens = [image["n_tokens"]]
+            except IMAGE_ERRORS as err:
+                name = record["image"] if isinstance(record["image"], str) else type(record["image"]).__name__
+                raise RecordError(f"record {rid}: cannot read image {name!r}: {type(err).__name__}: {err}",
+                                  "corrupt image") from err
+            sample = tokenize_record(record, rid, self.tokenizer, self.image_token_id, n_tokens, self.template,
+                                     self.max_length)
+        except RecordError as err:
+            if self.on_error == "error":
+                raise
+            return {"skipped": err.reason, "id": rid, "message": str(err)}
         sample["pixel_values"] = image["pixel_values"] if image else None  # (k, 3, S, S): k = 1 or HD cells
         sample["image_size"] = image["image_size"] if image else None
         sample["id"] = rid
         return sample
 
 
-def collate(samples: Sequence[dict | None], pad_token_id: int) -> dict | None:
+def collate(samples: Sequence[dict], pad_token_id: int) -> dict:
     """Right-padded training batch. ``pixel_values`` concatenates the images' pixel tensors in row order
     (n_cells, 3, S, S) and ``image_sizes`` lists their (W, H); both None for a text-only batch.
 
-    Samples the dataset dropped (None) are left out; a batch with nothing left is None.
+    Samples the dataset skipped (``{"skipped": reason, ...}``) are left out and their reasons listed in
+    ``batch["skipped"]``; when nothing is left, the batch is only ``{"skipped": [...]}`` (``input_ids`` None).
     """
-    samples = [s for s in samples if s is not None]
+    skipped = [s["skipped"] for s in samples if "skipped" in s]
+    samples = [s for s in samples if "skipped" not in s]
     if not samples:
-        return None
+        return {"input_ids": None, "skipped": skipped}
     batch = pad_batch(samples, pad_token_id, padding_side="right")
     images = [s for s in samples if s["pixel_values"] is not None]
     batch["pixel_values"] = torch.cat([s["pixel_values"] for s in images]) if images else None
     batch["image_sizes"] = torch.tensor([s["image_size"] for s in images]) if images else None
+    batch["skipped"] = skipped
     return batch
+
+
+def skip_summary(skipped: Counter) -> str:
+    """``"skipped 3 bad record(s) (corrupt image: 2, too long: 1)"``, or "" when nothing was skipped."""
+    reasons = {k: v for k, v in skipped.items() if k != "total" and v}
+    if not reasons:
+        return ""
+    return f"skipped {sum(reasons.values())} bad record(s) ({', '.join(f'{k}: {v}' for k, v in reasons.items())})"
 
 
 # ----------------------------------------------------------------------------- the grouped sampler
@@ -302,33 +392,43 @@ def records_from_hf_dataset(dataset, image_column: str = "image", conversations_
     return records
 
 
-def check_data(data: str | Path, image_folder: str | Path | None, decode: bool = False,
-               progress: bool = True) -> dict:
+def check_data(data: str | Path, image_folder: str | Path | None, decode: bool = False, progress: bool = True,
+               tokenizer=None, template: str = "vicuna_v1", max_length: int | None = None,
+               image_tokens: int = 576) -> dict:
     """Validate every record of a LLaVA data file before a long run starts (``minillava data check``).
 
-    Runs ``check_record`` on each record (structure, roles, image markers, missing images) and opens every image:
-    ``Image.verify()`` (fast: headers and structure), or with ``decode=True`` a full decode (slow, also finds
-    truncated files). Returns counts and, per problem, the first few messages naming the records.
+    Runs ``check_record`` on each record (structure, roles, fields, control tokens, image markers, missing
+    images) and opens every image: ``Image.verify()`` (fast: headers and structure), or with ``decode=True`` a
+    full decode through ``to_rgb`` (slow, also finds truncated files). With a ``tokenizer`` it also tokenizes
+    each record as training would (``image_tokens`` per image, cut at ``max_length``), finding over-long samples
+    and text the tokenizer rejects. Returns counts and, per problem, the first few messages naming the records.
     """
     from tqdm.auto import tqdm
 
+    from .prompts import prepare_tokenizer
+
     records = load_records(data)
     folder = Path(image_folder) if image_folder is not None else None
+    forbidden = control_tokens(tokenizer) if tokenizer is not None else LLAMA_CONTROL_TOKENS
+    image_token_id = prepare_tokenizer(tokenizer) if tokenizer is not None else None
     problems: Counter = Counter()
     examples: dict[str, list[str]] = {}
     n_image = 0
     for i, record in enumerate(tqdm(records, desc=f"checking {Path(data).name}", disable=not progress)):
+        rid = record_id(record, i)
         try:
-            check_record(record, i, folder)
+            check_record(record, i, folder, forbidden)
             if isinstance(record.get("image"), str):
                 n_image += 1
                 path = folder / record["image"]
                 try:
-                    with Image.open(path) as im:
-                        im.load() if decode else im.verify()
-                except Exception as e:  # PIL raises many kinds for broken files
-                    raise RecordError(f"record {record_id(record, i)}: image file {path} cannot be read "
+                    open_image(path, decode)
+                except IMAGE_ERRORS as e:
+                    raise RecordError(f"record {rid}: image file {path} cannot be read "
                                       f"({type(e).__name__}: {e})", "corrupt image") from e
+            if tokenizer is not None:
+                counts = [image_tokens] if record.get("image") is not None else []
+                tokenize_record(record, rid, tokenizer, image_token_id, counts, template, max_length)
         except RecordError as e:
             problems[e.reason] += 1
             examples.setdefault(e.reason, [])

@@ -30,11 +30,41 @@ from transformers.utils import logging as hf_logging
 Preprocess = Literal["crop", "pad"]
 
 
+MAX_SIDE = 2048  # longer sides are scaled down before padding: a 10000 x 10 strip must not pad to 300 MB
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The one conversion every image goes through, in training, evaluation and ``answer`` alike.
+
+    For the images LLaVA trains on (8-bit RGB, grayscale, palette) this is the official ``convert("RGB")``.
+    Where ``convert("RGB")`` would lose the picture, it differs on purpose (docs/data_format.md): transparent
+    images are composited on white (``convert`` keeps whatever colour hides under alpha 0, often black), and
+    16-bit images are scaled to 8 bits (``convert`` clips them, which turns most of a 16-bit PNG white).
+    """
+    if image.width < 1 or image.height < 1:
+        raise ValueError(f"image of size {image.width}x{image.height} has no pixels")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
+        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
-    """Paste ``image`` centred on a square canvas of side max(w, h) filled with ``fill`` (official `expand2square`)."""
+    """Paste ``image`` centred on a square canvas of side max(w, h) filled with ``fill`` (official `expand2square`).
+
+    An image whose longer side exceeds ``MAX_SIDE`` is first scaled down to it (the tower sees a few hundred
+    pixels either way), so the canvas stays bounded however extreme the aspect ratio.
+    """
     w, h = image.size
     if w == h:
         return image
+    if max(w, h) > MAX_SIDE:
+        scale = MAX_SIDE / max(w, h)
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        w, h = image.size
     side = max(w, h)
     canvas = Image.new(image.mode, (side, side), fill)
     canvas.paste(image, ((side - w) // 2, (side - h) // 2))
@@ -119,7 +149,7 @@ class VisionEncoder(nn.Module):
         """PIL images -> normalised pixel tensor (B, 3, S, S), S = the tower's input size."""
         if mode not in ("crop", "pad"):
             raise ValueError(f"preprocess mode must be 'crop' or 'pad', got {mode!r}")
-        images = [im.convert("RGB") for im in images]
+        images = [to_rgb(im) for im in images]
         if mode == "pad":
             images = [expand_to_square(im, self.pad_colour) for im in images]
         pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]  # (B, 3, S, S)

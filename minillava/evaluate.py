@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .encoder import to_rgb
 from .prompts import MULTIPLE_CHOICE, SHORT_ANSWER, with_format_prompt
 
 # ----------------------------------------------------------------------------- scorers
@@ -208,7 +209,7 @@ def answer_questions(model, questions: Sequence[dict], image_folder: str | Path 
         for q in chunk:
             if q.get("image"):
                 with Image.open(Path(image_folder) / q["image"]) as im:
-                    images.append(im.convert("RGB"))
+                    images.append(to_rgb(im))
             else:
                 images.append(None)
         texts = model.answer(images, [q["text"] for q in chunk], template=template, max_new_tokens=max_new_tokens)

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .encoder import expand_to_square
+from .encoder import expand_to_square, to_rgb
 
 
 def default_grids(max_cells: int = 6) -> list[tuple[int, int]]:
@@ -95,19 +95,6 @@ def feature_layout(width: int, height: int, cell: int, patch: int, config: HDCon
 def num_image_tokens(width: int, height: int, cell: int, patch: int, config: HDConfig) -> int:
     """The exact number of image tokens of an image of this size (what the prompt formatter expands to)."""
     return feature_layout(width, height, cell, patch, config)["tokens"]
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB from any PIL mode (RGBA on white, grayscale, palette, 16-bit); a clear error for empty images."""
-    if image.width < 1 or image.height < 1:
-        raise ValueError(f"image of size {image.width}x{image.height} has no pixels")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
-        image = image.point(lambda v: v / 256).convert("L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def split_into_cells(image: Image.Image, config: HDConfig, cell: int, fill: tuple[int, int, int]) -> list[Image.Image]:

@@ -28,8 +28,8 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .connector import build_connector
 from .data import pad_batch
-from .encoder import VisionEncoder
-from .hd import HDConfig, HDGrid, split_into_cells, to_rgb
+from .encoder import VisionEncoder, to_rgb
+from .hd import HDConfig, HDGrid, split_into_cells
 from .prompts import IMAGE, prepare_tokenizer, tokenize_conversation, with_format_prompt
 
 CONFIG_NAME = "minillava_config.json"

@@ -20,20 +20,23 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .data import LlavaDataset, ModalityLengthGroupedSampler, collate, load_records
+from .checkpoint import CheckpointError, find_checkpoint, save_checkpoint
+from .data import LlavaDataset, ModalityLengthGroupedSampler, RecordError, collate, load_records, skip_summary
 from .model import MiniLlava
 
 CONNECTOR_FILE = "connector.safetensors"  # what stage 1 saves; stage 2 starts from it
@@ -81,10 +84,31 @@ class Recipe:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{path}: unknown recipe field(s) {unknown}; known: {sorted(known)}")
-        for key, value in values.items():  # YAML reads a bare `no` as False: `mixed_precision: no` means "no"
-            if known[key] == "str" and isinstance(value, bool):
-                values[key] = "yes" if value else "no"
-        return cls(**values)
+        return cls(**{key: _typed(key, value, known[key], path) for key, value in values.items()})
+
+
+def _typed(key: str, value, kind: str, source) -> object:
+    """A recipe value as its field's type. YAML 1.1 reads ``1e6`` as a string and a bare ``no`` as False: a
+    learning rate must reach the optimizer as a number, and ``mixed_precision: no`` means "no"."""
+    if kind == "str":
+        return ("yes" if value else "no") if isinstance(value, bool) else str(value)
+    try:
+        if kind == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        number = float(value) if not isinstance(value, bool) else None
+        if number is None or not math.isfinite(number):
+            raise ValueError
+        if kind == "int":
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        return number
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: recipe field {key!r} must be {kind}, got {value!r}") from None
 
 
 def projector_modules(model: MiniLlava) -> dict[str, torch.nn.Module]:
@@ -143,6 +167,16 @@ def load_connector(model: MiniLlava, path: str | Path) -> None:
         from .convert import load_official_projector
 
         model.connector.load_state_dict(load_official_projector(path), strict=True)
+
+
+def check_finite(losses: list[torch.Tensor], grad_norm, step: int) -> None:
+    """Stop at the first optimizer step whose loss or gradient norm is NaN or infinite: its update would
+    poison the weights, and the next checkpoint with them."""
+    bad = [name for name, value in (("loss", torch.stack(losses) if losses else None), ("gradient norm", grad_norm))
+           if value is not None and not bool(torch.isfinite(torch.as_tensor(value)).all())]
+    if bad:
+        raise FloatingPointError(f"the {' and the '.join(bad)} became non-finite at step {step}; nothing of this "
+                                 "step was applied or saved. Lower the learning rate, or use bf16 rather than fp16")
 
 
 def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
@@ -231,9 +265,13 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
 
     Writes ``metrics.jsonl`` (one line per logged step), ``loss.png``, and at the end either
     ``connector.safetensors`` (stage 1) or ``model/`` (stage 2, a full ``MiniLlava.save_pretrained`` folder).
-    With ``save_every``, ``checkpoint/`` holds a resumable state (model, optimizer, scheduler, RNG, position);
-    ``resume=True`` continues from it and gives the same losses as an uninterrupted run.
+    With ``save_every``, ``checkpoint/`` holds a resumable state (``minillava.checkpoint``: written aside and
+    swapped in, so a kill never leaves a torn one); ``resume=True`` continues from it and gives the same losses
+    as an uninterrupted run, refuses a damaged checkpoint, and says so when there is none.
     ``stop_after`` ends the run after that many optimizer steps (for tests of resuming). Returns the metrics.
+
+    Raises ``FloatingPointError`` at the first optimizer step whose loss or gradient is not finite (before
+    anything of that step is saved), and ``RecordError`` when the data holds no usable record.
     """
     output_dir = Path(output_dir)
     # accelerate keeps one state per process and refuses a second precision: a notebook that runs stage 1 in
@@ -259,12 +297,15 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
                            image_folder=recipe.image_folder or None, template=recipe.template,
                            max_length=recipe.max_length, on_error=recipe.on_bad_record,
                            image_tokens_estimate=model.encoder.num_features)
+    if len(dataset) == 0:
+        raise RecordError(f"{recipe.data}: no usable record to train on" + (f" ({dataset.summary()})"
+                                                                             if dataset.summary() else ""))
     global_batch = recipe.per_device_batch_size * recipe.gradient_accumulation_steps * accelerator.num_processes
     sampler = ModalityLengthGroupedSampler(dataset.lengths, global_batch, recipe.seed) \
         if recipe.group_by_modality_length else None
     loader = DataLoader(dataset, batch_size=recipe.per_device_batch_size, sampler=sampler,
                         shuffle=sampler is None, num_workers=recipe.num_workers,
-                        collate_fn=lambda samples: collate(samples, pad_id))
+                        collate_fn=partial(collate, pad_token_id=pad_id))
 
     connector_ids = {id(p) for m in projector_modules(model).values() for p in m.parameters()}
     groups = [{"params": [p for p in trainable if id(p) in connector_ids],
@@ -275,14 +316,28 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = max(1, len(loader) // recipe.gradient_accumulation_steps)
     total_steps = recipe.max_steps or math.ceil(recipe.epochs * steps_per_epoch)
+    # The schedule is stepped by hand below (once per optimizer step) and saved as JSON in the trainer state,
+    # not registered with accelerate, which would pickle it (and unpickle whatever a checkpoint holds).
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(recipe.warmup_ratio * total_steps), total_steps)
-    accelerator.register_for_checkpointing(scheduler)  # stepped by hand below: once per optimizer step
 
-    step, metrics, checkpoint = 0, [], output_dir / "checkpoint"
-    if resume and (checkpoint / "trainer_state.json").exists():
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        step, metrics = state["step"], state["metrics"]
+    # Where the run stands: optimizer steps, micro-batches read in this epoch (skipped samples included, so the
+    # position in the data is exact after a resume), losses logged, samples skipped while reading.
+    step, micro, metrics, skipped = 0, 0, [], Counter()
+    checkpoint = output_dir / "checkpoint"
+    if resume:
+        found = find_checkpoint(checkpoint)
+        if found is None:
+            accelerator.print(f"--resume: nothing to resume in {checkpoint}; starting at step 0")
+        else:
+            folder, state = found
+            if state.get("recipe", asdict(recipe)) != asdict(recipe):
+                changed = sorted(k for k, v in state["recipe"].items() if asdict(recipe).get(k) != v)
+                raise CheckpointError(f"cannot resume from {folder}: the recipe changed since ({', '.join(changed)})")
+            accelerator.load_state(str(folder))
+            scheduler.load_state_dict(state["scheduler"])
+            step, micro, metrics = state["step"], state["micro_batches"], state["metrics"]
+            skipped = Counter(state["skipped"])
+            accelerator.print(f"resuming from {folder} at step {step}")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
@@ -296,63 +351,79 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.mixed_precision, torch.float32)
     peak = recipe.peak_flops or measure_peak_flops(accelerator.device, compute_dtype)
     unwrapped = accelerator.unwrap_model(model)
-    last_time, tokens, flops, losses = time.perf_counter(), 0, 0.0, []
+    last_time, tokens, flops, losses, used = time.perf_counter(), 0, 0.0, [], 0
     while step < total_steps:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        epoch = step // steps_per_epoch
         if sampler is not None:
             sampler.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, done_in_epoch * recipe.gradient_accumulation_steps) \
-            if done_in_epoch else loader
+        batches = accelerator.skip_first_batches(loader, micro) if micro else loader
         for batch in batches:
-            if batch is None:  # every sample of this micro-batch was skipped (counted by the dataset)
-                continue
+            micro += 1
+            skipped.update(batch.pop("skipped"))
             with accelerator.accumulate(model):
-                loss = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
-                             batch["labels"], image_sizes=batch["image_sizes"]).loss
-                accelerator.backward(loss)
+                if batch["input_ids"] is not None:  # None: every sample of this micro-batch was skipped
+                    loss = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
+                                 batch["labels"], image_sizes=batch["image_sizes"]).loss
+                    accelerator.backward(loss)
+                    losses.append(loss.detach())
+                    tokens += int(batch["attention_mask"].sum())
+                    flops += step_flops(unwrapped, batch, recipe.stage)
+                    used += 1
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(trainable, recipe.max_grad_norm)
+                    # before the step is taken, let alone saved (under fp16 the loss scaler skips inf steps itself)
+                    check_finite(losses, grad_norm if recipe.mixed_precision != "fp16" else None, step + 1)
                 optimizer.step()
                 optimizer.zero_grad()
-            losses.append(loss.detach())
-            tokens += int(batch["attention_mask"].sum())
-            flops += step_flops(unwrapped, batch, recipe.stage)
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
             step += 1
             if step % recipe.log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - last_time
-                mean_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
-                if not math.isfinite(mean_loss):
-                    raise FloatingPointError(f"loss became {mean_loss} at step {step}; lower the learning rate "
-                                             "or use bf16 rather than fp16")
-                metrics.append({"step": step, "epoch": epoch, "loss": round(mean_loss, 5),
+                window = torch.stack(losses) if losses else torch.zeros(0, device=accelerator.device)
+                loss_sum, count = accelerator.reduce(torch.stack([window.sum(), torch.tensor(
+                    float(len(window)), device=window.device)]), "sum").tolist()
+                mean_loss = loss_sum / count if count else None  # None: every sample of the window was skipped
+                metrics.append({"step": step, "epoch": epoch, "loss": round(mean_loss, 5) if count else None,
                                 "lr": scheduler.get_last_lr()[-1], "grad_norm": round(float(grad_norm), 4),
                                 "tokens_per_s": round(tokens * accelerator.num_processes / elapsed, 1),
                                 "mfu": round(flops / elapsed / peak, 4)})  # this process's FLOPs / its peak
-                bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{metrics[-1]['tokens_per_s']:.0f}",
-                                mfu=f"{metrics[-1]['mfu']:.1%}")
+                if skipped:  # this process's count so far (all processes' in the final summary)
+                    metrics[-1]["skipped"] = dict(skipped)
+                bar.set_postfix(loss=f"{mean_loss or float('nan'):.3f}",
+                                tok_s=f"{metrics[-1]['tokens_per_s']:.0f}", mfu=f"{metrics[-1]['mfu']:.1%}")
                 if accelerator.is_main_process:
                     with open(output_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(metrics[-1]) + "\n")
                 last_time, tokens, flops, losses = time.perf_counter(), 0, 0.0, []
             bar.update(1)
+            epoch_over = step % steps_per_epoch == 0  # the leftover micro-batches of an epoch are not used
             if recipe.save_every and step % recipe.save_every == 0 and step < total_steps:
-                accelerator.save_state(str(checkpoint))
-                if accelerator.is_main_process:
-                    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": step, "metrics": metrics}))
-            if step >= total_steps or (stop_after is not None and step >= stop_after):
+                save_checkpoint(accelerator, checkpoint, {
+                    "step": step, "micro_batches": 0 if epoch_over else micro, "metrics": metrics,
+                    "scheduler": scheduler.state_dict(), "skipped": dict(skipped), "recipe": asdict(recipe)})
+            if epoch_over or step >= total_steps or (stop_after is not None and step >= stop_after):
                 break
+        if used == 0:
+            raise RecordError(f"{recipe.data}: every sample read was skipped ({skip_summary(skipped)}); "
+                              "nothing to train on")
+        micro = 0
         if stop_after is not None and step >= stop_after:
             break
     bar.close()
 
+    total_skipped = Counter(dataset.skipped)  # found when the dataset was built (every process saw the same)
+    total_skipped.pop("total", None)
+    for counts in gather_object([dict(skipped)]):  # found while reading, in each process and worker
+        total_skipped.update(counts)
     if accelerator.is_main_process:
         if metrics:
             plot_losses(metrics, output_dir / "loss.png", f"Stage {recipe.stage} training loss")
-        if dataset.summary():
-            print(f"{recipe.data}: {dataset.summary()}")
+        if summary := skip_summary(total_skipped):
+            print(f"{recipe.data}: {summary}")
+            with open(output_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"summary": "skipped", "skipped": dict(total_skipped)}) + "\n")
     if step >= total_steps:
         accelerator.wait_for_everyone()
         state = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards: every process must call it

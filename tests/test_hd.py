@@ -6,7 +6,8 @@ from conftest import make_image
 from PIL import Image
 
 from minillava.data import collate, pad_batch
-from minillava.hd import HDConfig, choose_grid, default_grids, feature_layout, num_image_tokens, to_rgb
+from minillava.encoder import to_rgb
+from minillava.hd import HDConfig, choose_grid, default_grids, feature_layout, num_image_tokens
 from minillava.model import MiniLlava
 from minillava.prompts import tokenize_conversation
 
