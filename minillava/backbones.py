@@ -32,7 +32,7 @@ from transformers import (
 
 # Llama's layout: <unk>=0, <s>=1, </s>=2; then the pad and image tokens LLaVA needs.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-BACKBONES_VERSION = 4  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
+BACKBONES_VERSION = 5  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000,
@@ -118,7 +118,8 @@ class BackboneSpec:
     lm_batch_size: int = 32
     lm_lr: float = 3e-4  # 1e-3 and more leave the lookup on a plateau (docs/findings.md)
     lm_text_share: float = 0.15  # share of each LM batch that is plain toy text
-    lm_caption_share: float = 0.2  # share that is a scene in words, then its caption; the rest, text lookups
+    lm_caption_steps: int = 1000  # then this many more, with captions joining (a warm-up and decay of their own)
+    lm_caption_share: float = 0.2  # their share of each batch then: a scene in words, then its caption
     lm_eval_every: int = 250  # score the text lookups every so many steps (0: never), into manifest.json
     probe_scenes: int = 100  # fresh scenes per probe question kind and object count (manifest.json)
     seed: int = 0
@@ -203,10 +204,11 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
                             history: list | None = None) -> LlamaForCausalLM:
     """A tiny Llama that, like Vicuna, reads a context and answers from it.
 
-    Each batch is ``lm_text_share`` plain toy text (next-token prediction on every token, like a base LLM),
-    ``lm_caption_share`` scenes in words followed by their captions (``caption_example``; loss on the caption),
-    and the rest text-lookup conversations (``toyworld.text_lookup_record``: a scene in words, then questions in
-    the chat template answered from it; loss on the answers). The plain text and the rest are averaged apart, so
+    For ``lm_steps``, each batch is ``lm_text_share`` plain toy text (next-token prediction on every token,
+    like a base LLM) and the rest text-lookup conversations (``toyworld.text_lookup_record``: a scene in words,
+    then questions in the chat template answered from it; loss on the answers). Then, for ``lm_caption_steps``,
+    ``lm_caption_share`` of each batch becomes scenes in words followed by their captions (``caption_example``;
+    loss on the caption). The plain text and the rest are averaged apart, so
     the few answer tokens weigh as much as the many text tokens. Without the lookups the LM never learns to find
     "the square" in its context and read out its colour, and LLaVA's stage 2 is far too short to grow that from
     nothing; without the captions the lookups stay in text and never reach the image (docs/findings.md).
@@ -221,39 +223,47 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
                              num_heads=spec.lm_heads)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     text_ids = [tokenizer(t)["input_ids"] + [eos] for t in texts]  # BOS text EOS
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=spec.lm_lr, weight_decay=0.01, betas=(0.9, 0.98))
-    schedule = _warmup_cosine(optimizer, spec.lm_steps)
     rng = random.Random(spec.seed)
     n_text = round(spec.lm_batch_size * spec.lm_text_share)
-    n_captions = round(spec.lm_batch_size * spec.lm_caption_share)
     lm.train()
-    bar = tqdm(range(spec.lm_steps), desc="pretrain language model", disable=not progress)
-    for step in bar:
-        if spec.lm_eval_every and step % spec.lm_eval_every == 0 and step:
-            accuracy = text_lookup_accuracy(lm, tokenizer, 20, seed=1)
-            lm.train()
-            if history is not None:
-                history.append({"step": step, **{k: round(v, 3) for k, v in accuracy.items()}})
-            bar.write(f"step {step}: text lookups " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
-        rows = [{"input_ids": ids, "labels": ids} for ids in rng.sample(text_ids, k=min(n_text, len(text_ids)))]
-        texts_in_batch = len(rows)
-        rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8)) for _ in range(n_captions)]
-        rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8))
-                 for _ in range(spec.lm_batch_size - len(rows))]
-        input_ids, labels = _pad_rows(rows, pad)
-        logits = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits[:, :-1]  # (B, T-1, V)
-        targets = labels[:, 1:]
-        per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(),
-                                                      ignore_index=IGNORE_INDEX, reduction="none")
-        per_token, counted = per_token.view(targets.shape), (targets != IGNORE_INDEX).float()
-        loss = sum((per_token[part] * counted[part]).sum() / counted[part].sum().clamp(min=1)
-                   for part in (slice(0, texts_in_batch), slice(texts_in_batch, None)))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    step = 0
+    # Two phases, each with its own optimizer, warm-up and decay: first text and lookups alone, then captions
+    # join. Trained together from the start, the captions keep the "is there ...?" lookup from ever forming
+    # (docs/findings.md); added once it has formed, they leave it standing.
+    for steps, caption_share in ((spec.lm_steps, 0.0), (spec.lm_caption_steps, spec.lm_caption_share)):
+        optimizer = torch.optim.AdamW(lm.parameters(), lr=spec.lm_lr, weight_decay=0.01, betas=(0.9, 0.98))
+        schedule = _warmup_cosine(optimizer, steps)
+        n_captions = round(spec.lm_batch_size * caption_share)
+        bar = tqdm(range(steps), desc="pretrain language model" + (", with captions" if n_captions else ""),
+                   disable=not progress)
+        for _ in bar:
+            if spec.lm_eval_every and step % spec.lm_eval_every == 0 and step:
+                accuracy = text_lookup_accuracy(lm, tokenizer, 20, seed=1)
+                lm.train()
+                if history is not None:
+                    history.append({"step": step, **{k: round(v, 3) for k, v in accuracy.items()}})
+                bar.write(f"step {step}: text lookups " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
+            rows = [{"input_ids": ids, "labels": ids}
+                    for ids in rng.sample(text_ids, k=min(n_text, len(text_ids)))]
+            texts_in_batch = len(rows)
+            rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8)) for _ in range(n_captions)]
+            rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8))
+                     for _ in range(spec.lm_batch_size - len(rows))]
+            input_ids, labels = _pad_rows(rows, pad)
+            logits = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits[:, :-1]  # (B, T-1, V)
+            targets = labels[:, 1:]
+            per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                                          ignore_index=IGNORE_INDEX, reduction="none")
+            per_token, counted = per_token.view(targets.shape), (targets != IGNORE_INDEX).float()
+            loss = sum((per_token[part] * counted[part]).sum() / counted[part].sum().clamp(min=1)
+                       for part in (slice(0, texts_in_batch), slice(texts_in_batch, None)))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            step += 1
     return lm.eval()
 
 
