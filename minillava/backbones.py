@@ -231,6 +231,8 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
     # join. Trained together from the start, the captions keep the "is there ...?" lookup from ever forming
     # (docs/findings.md); added once it has formed, they leave it standing.
     for steps, caption_share in ((spec.lm_steps, 0.0), (spec.lm_caption_steps, spec.lm_caption_share)):
+        if not steps:
+            continue
         optimizer = torch.optim.AdamW(lm.parameters(), lr=spec.lm_lr, weight_decay=0.01, betas=(0.9, 0.98))
         schedule = _warmup_cosine(optimizer, steps)
         n_captions = round(spec.lm_batch_size * caption_share)

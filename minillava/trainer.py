@@ -185,7 +185,8 @@ def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
 
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
-    ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label="training loss")
+    logged = [m for m in metrics if m["loss"] is not None]  # None: every sample of that window was skipped
+    ax.plot([m["step"] for m in logged], [m["loss"] for m in logged], label="training loss")
     ax.set(title=title, xlabel="optimizer step", ylabel="cross-entropy loss")
     lr_ax = ax.twinx()
     lr_ax.plot([m["step"] for m in metrics], [m["lr"] for m in metrics], color="tab:orange", alpha=0.5)
