@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .encoder import to_rgb
+from .data import IMAGE_ERRORS, open_image
 from .prompts import MULTIPLE_CHOICE, SHORT_ANSWER, with_format_prompt
 
 # ----------------------------------------------------------------------------- scorers
@@ -208,8 +208,12 @@ def answer_questions(model, questions: Sequence[dict], image_folder: str | Path 
         images = []
         for q in chunk:
             if q.get("image"):
-                with Image.open(Path(image_folder) / q["image"]) as im:
-                    images.append(to_rgb(im))
+                path = Path(image_folder or ".") / q["image"]
+                try:
+                    images.append(open_image(path))
+                except IMAGE_ERRORS as e:  # the same conversion and the same guard as training
+                    raise ValueError(f"question {q['question_id']}: cannot read image {path} "
+                                     f"({type(e).__name__}: {e})") from e
             else:
                 images.append(None)
         texts = model.answer(images, [q["text"] for q in chunk], template=template, max_new_tokens=max_new_tokens)

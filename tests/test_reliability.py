@@ -371,3 +371,13 @@ def test_an_extreme_aspect_ratio_is_padded_within_bounds():
     square = expand_to_square(strip, (0, 0, 0))
     assert square.size == (MAX_SIDE, MAX_SIDE) and MAX_SIDE * MAX_SIDE * 3 < 64 * 2**20
     assert square.getpixel((MAX_SIDE // 2, MAX_SIDE // 2)) == (255, 0, 0)
+
+
+def test_evaluation_names_the_question_whose_image_is_bad(model, tmp_path):
+    from minillava.evaluate import run_benchmark
+
+    bad_corpus(tmp_path)
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "image": "ok.png", "text": "hi"}\n'
+                                      '{"question_id": 7, "image": "truncated.png", "text": "hi"}\n')
+    with pytest.raises(ValueError, match=r"question 7: cannot read image .*truncated.png"):
+        run_benchmark(model, "gqa", tmp_path / "q.jsonl", tmp_path, tmp_path / "a.jsonl", progress=False)
