@@ -21,8 +21,11 @@ SIZES = {  # name: (image, patch, vision width, vision layers, LM width, LM laye
 }
 
 
-def build(size: str, folder: Path | None = None) -> tuple[MiniLlava, LlavaForConditionalGeneration]:
-    """A random MiniLlava and transformers' Llava holding the same weights (via ``export_hf_llava``)."""
+def build(size: str, folder: Path | None = None, vocab: int | None = None) -> tuple[MiniLlava,
+                                                                                  LlavaForConditionalGeneration]:
+    """A random MiniLlava and transformers' Llava holding the same weights (via ``export_hf_llava``).
+    ``vocab``: grow the LM's vocabulary (embeddings and head) to this size, as real LMs have (Vicuna: 32,000);
+    the extra rows are never read as input, but the head computes a logit for each."""
     image, patch, v_width, v_layers, width, layers = SIZES[size]
     folder = Path(folder or tempfile.mkdtemp(prefix="minillava-bench-"))
     torch.manual_seed(0)
@@ -30,6 +33,8 @@ def build(size: str, folder: Path | None = None) -> tuple[MiniLlava, LlavaForCon
     tokenizer = train_tokenizer(corpus, vocab_size=2000)
     tower, processor = tiny_vision_tower(image, patch, v_width, v_layers, num_heads=max(1, v_width // 64))
     lm = tiny_language_model(tokenizer, hidden_size=width, num_layers=layers, num_heads=max(1, width // 64))
+    if vocab:
+        lm.resize_token_embeddings(vocab, mean_resizing=False)
     save_backbone(folder / "vision", tower, processor)
     save_backbone(folder / "llm", lm, tokenizer)
     ours = MiniLlava.from_backbones(str(folder / "vision"), str(folder / "llm"))

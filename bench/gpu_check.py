@@ -28,8 +28,8 @@ def run_setting(setting: dict, steps: int, batch_size: int, tiny: bool, out: str
     import torch
 
     from minillava.backbones import toy_setup
-    from minillava.cli import toy_recipes
     from minillava.model import MiniLlava
+    from minillava.toy import toy_recipes
     from minillava.trainer import train
 
     world, vision_dir, llm_dir = toy_setup(fast=tiny, progress=False)

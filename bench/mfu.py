@@ -18,8 +18,8 @@ import torch
 from _models import build
 
 from minillava.backbones import toy_setup
-from minillava.cli import toy_recipes
 from minillava.model import MiniLlava
+from minillava.toy import toy_recipes
 from minillava.trainer import measure_peak_flops, train
 
 RESULTS = Path(__file__).parent / "results"

@@ -39,9 +39,9 @@ def run_variant(world: str, variant: dict, out: str) -> dict:
     import torch
 
     from minillava.backbones import BackboneSpec, toy_backbones
-    from minillava.cli import toy_recipes
-    from minillava.evaluate import evaluate_toy
     from minillava.model import MiniLlava
+    from minillava.toy import toy_recipes
+    from minillava.toyreport import evaluate_toy
     from minillava.trainer import load_connector, train
 
     start = time.perf_counter()

@@ -403,9 +403,9 @@ def build_backbones(out: str | Path, spec: BackboneSpec | None = None, progress:
 
 def probe_backbones(tower, processor, lm, tokenizer, n_scenes: int = 100, seed: int = 0) -> dict:
     """What the backbones bring, on scenes neither saw: ``{"text lookup": text_lookup_accuracy(...),
-    "patches": the tower's patch probes (evaluate.probe_patches, on 4 * n_scenes scenes)}``."""
+    "patches": the tower's patch probes (toyreport.probe_patches, on 4 * n_scenes scenes)}``."""
     from .encoder import VisionEncoder
-    from .evaluate import probe_patches
+    from .toyreport import probe_patches
 
     encoder = VisionEncoder(tower, processor)
     return {"text lookup": text_lookup_accuracy(lm, tokenizer, n_scenes, seed),
@@ -431,7 +431,8 @@ def toy_backbones(spec: BackboneSpec | None = None, progress: bool = True) -> tu
 
     if spec is None or spec == BackboneSpec():
         manifest = read_manifest(SHIPPED)
-        if manifest["spec"] != asdict(BackboneSpec()) or manifest["world_version"] != WORLD_VERSION:
+        if (manifest["spec"] != asdict(BackboneSpec()) or manifest["world_version"] != WORLD_VERSION
+                or manifest.get("backbones_version") != BACKBONES_VERSION):
             raise RuntimeError(f"the shipped toy backbones ({SHIPPED}) were built for another spec or toy-world "
                                "version than this code's; rebuild them with `minillava backbones build --out "
                                f"{SHIPPED}`")

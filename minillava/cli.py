@@ -12,53 +12,11 @@ from .model import MiniLlava
 from .trainer import Recipe, load_connector, train
 
 
-def toy_recipes(world: Path, fast: bool = False) -> tuple[Recipe, Recipe]:
-    """The toy recipe: LLaVA-1.5's two stages at toy scale (configs/recipes/toy-stage{1,2}.yaml hold the same)."""
-    stage1 = Recipe(stage=1, data=str(world / "stage1.json"), image_folder=str(world / "images"), template="plain",
-                    preprocess="crop", max_length=512, max_steps=600, per_device_batch_size=16,
-                    learning_rate=1e-3, log_every=10)
-    stage2 = Recipe(stage=2, data=str(world / "stage2.json"), image_folder=str(world / "images"),
-                    template="vicuna_v1", preprocess="pad", max_length=512, epochs=1, per_device_batch_size=4,
-                    learning_rate=3e-4, connector_learning_rate=1e-3, log_every=10)
-    if fast:
-        stage1.max_steps, stage2.max_steps, stage2.epochs = 4, 6, 1
-    return stage1, stage2
-
-
-def toy_llava(fast: bool = False, progress: bool = True) -> tuple[MiniLlava, Path, Path]:
-    """A trained toy LLaVA (the toy recipe's two stages), trained once and then loaded from the cache.
-
-    Returns ``(model, world, run_folder)``; the notebooks use it so that each can start from a trained model.
-    """
-    import hashlib
-
-    from .backbones import cache_dir, toy_setup
-    from .toyworld import building_folder, move_into_place
-
-    world, vision_dir, llm_dir = toy_setup(fast=fast, progress=progress)
-    # named after the backbones' manifest, so that rebuilt backbones never meet a model trained on older ones
-    backbones = hashlib.sha256((vision_dir.parent / "manifest.json").read_bytes()).hexdigest()[:12]
-    run = cache_dir() / f"toy-llava-{backbones}{'-fast' if fast else ''}"
-
-    def complete(folder: Path) -> bool:
-        return (folder / "stage2" / "model" / "model.safetensors").exists()
-
-    if not complete(run):
-        built = building_folder(run)  # trained aside, moved into place when done (toyworld.move_into_place)
-        torch.manual_seed(0)
-        model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir))
-        stage1, stage2 = toy_recipes(world, fast)
-        train(stage1, model, built / "stage1", progress=progress)
-        load_connector(model, built / "stage1")
-        train(stage2, model, built / "stage2", progress=progress)
-        move_into_place(built, run, complete)
-    return MiniLlava.from_pretrained(run / "stage2" / "model").eval(), world, run
-
-
 def run_toy(args: argparse.Namespace) -> None:
     """The main job: toy world -> backbones -> stage 1 -> stage 2 -> evaluation -> report."""
     from .backbones import read_manifest, toy_setup
-    from .evaluate import answer_attention, evaluate_toy, failure_notes, probe_vision_features, write_report
+    from .toy import toy_recipes, train_toy
+    from .toyreport import answer_attention, evaluate_toy, failure_notes, probe_vision_features, write_report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,10 +27,7 @@ def run_toy(args: argparse.Namespace) -> None:
     print(f"backbones: {vision_dir.parent}")
     torch.manual_seed(args.seed)  # the connector's initialisation
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=args.connector)
-    stage1, stage2 = toy_recipes(world, args.fast)
-    train(stage1, model, out / "stage1")
-    load_connector(model, out / "stage1")
-    train(stage2, model, out / "stage2")
+    train_toy(model, *toy_recipes(world, args.fast), out)
     results = evaluate_toy(model, world, out, batch_size=64)
     probe = probe_vision_features(model.encoder, n_scenes=40 if args.fast else 400, seed=args.seed)
     attention = answer_attention(model, n_scenes=10 if args.fast else 100, seed=args.seed)
@@ -144,22 +99,53 @@ def plan_command(args: argparse.Namespace) -> None:
 
 
 def merge_lora_command(args: argparse.Namespace) -> None:
-    from .convert import merge_lora
+    from .trainer import merge_lora
 
     merge_lora(args.run, args.out)
     print(f"merged model: {args.out}")
 
 
 def chat(args: argparse.Namespace) -> None:
-    """Answer one question about one image with a trained model folder."""
-    from PIL import Image
+    """Talk with a trained model about one image, as the official ``llava.serve.cli``: type a question, watch
+    the answer appear token by token, ask a follow-up (the conversation so far is the context); an empty line
+    or Ctrl-D ends it. ``--question`` answers one question and exits."""
+    from transformers import TextStreamer
 
     from .convert import load_any
+    from .data import IMAGE_ERRORS, open_image
 
+    image = None
+    if args.image:  # read the image first: a wrong path should not wait for the model to load
+        if not Path(args.image).is_file():
+            raise SystemExit(f"--image {args.image}: no such file")
+        try:
+            image = open_image(Path(args.image))
+        except IMAGE_ERRORS as e:
+            raise SystemExit(f"--image {args.image}: not a readable image ({type(e).__name__}: {e})") from None
     model = load_any(args.model).eval()
-    image = Image.open(args.image) if args.image else None  # model.answer converts it (encoder.to_rgb)
-    print(model.answer([image], [args.question], max_new_tokens=args.max_new_tokens,
-                       temperature=args.temperature)[0])
+    streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    conversation: list[dict] = []
+    interactive = args.question is None
+    if interactive:
+        print(f"minillava chat: {args.model}" + (f", image {args.image}" if image else ", no image")
+              + ". An empty line or Ctrl-D ends the conversation.")
+    while True:
+        question = args.question
+        if interactive:
+            try:
+                question = input("USER: ").strip()
+            except EOFError:
+                print()
+                break
+            if not question:
+                break
+            print("ASSISTANT: ", end="", flush=True)
+        conversation.append({"from": "human", "value": question})
+        reply = model.chat(image, conversation, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           streamer=streamer)  # the streamer prints the reply as it comes, then a new line
+        conversation.append({"from": "gpt", "value": reply})
+        if not interactive:
+            break
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -298,11 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=merge_lora_command)
 
-    p = commands.add_parser("chat", help="answer a question about an image")
+    p = commands.add_parser("chat", help="talk with a model about an image (or ask one --question)")
     p.add_argument("--model", required=True, help="a run folder or a MiniLlava model folder")
-    p.add_argument("--image", help="an image file (omit for a text-only question)")
-    p.add_argument("--question", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--image", help="an image file (omit for a text-only conversation)")
+    p.add_argument("--question", help="answer this one question and exit (default: an interactive conversation)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.0)
     p.set_defaults(func=chat)
 

@@ -39,7 +39,7 @@ from transformers import (
 
 from .connector import official_projector_state_dict
 from .encoder import VisionEncoder
-from .model import MiniLlava, MiniLlavaConfig
+from .model import CONFIG_NAME, MiniLlava, MiniLlavaConfig
 from .prompts import IMAGE, prepare_tokenizer
 
 
@@ -185,7 +185,7 @@ def load_any(path: str | Path, dtype: torch.dtype | None = None) -> MiniLlava:
     folder = Path(path)
     if (folder / "stage2" / "model").is_dir():  # a run folder: its final model
         folder = folder / "stage2" / "model"
-    if (folder / "minillava_config.json").exists():
+    if (folder / CONFIG_NAME).exists():
         return MiniLlava.from_pretrained(folder, dtype=dtype)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{path}: neither a minillava run or model folder nor a checkpoint with config.json")
@@ -195,25 +195,3 @@ def load_any(path: str | Path, dtype: torch.dtype | None = None) -> MiniLlava:
     if "mm_projector_type" in raw or "mm_hidden_size" in raw:
         return import_official_llava(folder, dtype=dtype)
     raise ValueError(f"{folder}/config.json (model_type {raw.get('model_type')!r}) is not a LLaVA checkpoint")
-
-
-def merge_lora(run: str | Path, folder: str | Path, dtype: torch.dtype | None = None) -> MiniLlava:
-    """Fold a LoRA stage-2 run (``adapter/`` + ``connector.safetensors`` + ``minillava_config.json``) into its base
-    LM and write a plain MiniLlava folder that ``from_pretrained`` loads without peft."""
-    from peft import PeftModel
-
-    from .hd import HDConfig
-    from .trainer import load_connector
-
-    run = Path(run)
-    if not (run / "adapter").is_dir():
-        raise FileNotFoundError(f"{run}: no adapter/ folder; is this the output folder of a LoRA stage 2?")
-    config = MiniLlavaConfig(**json.loads((run / "minillava_config.json").read_text()))
-    model = MiniLlava.from_backbones(config.sources["vision"], config.sources["llm"], connector=config.connector,
-                                     feature_layer=config.feature_layer, select=config.select,
-                                     hd=HDConfig(**config.hd) if config.hd else None, dtype=dtype)
-    load_connector(model, run)
-    model.lm = PeftModel.from_pretrained(model.lm, run / "adapter").merge_and_unload()
-    model.config.sources = dict(config.sources, lora=str(run))
-    model.save_pretrained(folder)
-    return model

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from .encoder import to_rgb
-from .prompts import IGNORE_INDEX, IMAGE, PromptError, SampleTooLong, tokenize_conversation
+from .prompts import IGNORE_INDEX, IMAGE, PromptError, SampleTooLong, check_turns, tokenize_conversation
 
 
 def pad_batch(samples: Sequence[dict], pad_token_id: int,
@@ -122,13 +122,10 @@ def check_record(record: dict, index: int, image_folder: Path | None,
     turns = record["conversations"]
     if not turns:
         raise RecordError(f"record {rid}: empty conversation", "structure")
-    for i, turn in enumerate(turns):
-        want = "human" if i % 2 == 0 else "gpt"
-        if not isinstance(turn, dict) or turn.get("from") != want or not isinstance(turn.get("value"), str):
-            raise RecordError(f"record {rid}: turn {i} must be {{'from': '{want}', 'value': str}} (roles alternate "
-                              f"human, gpt, ...), got {str(turn)[:80]}", "roles")
-    if turns[-1]["from"] != "gpt":
-        raise RecordError(f"record {rid}: the last turn must be an answer (from 'gpt')", "roles")
+    try:
+        check_turns(turns)  # roles alternate human, gpt, ...; it ends on an answer
+    except PromptError as e:
+        raise RecordError(f"record {rid}: {e}", "roles") from None
     for i, turn in enumerate(turns):
         if turn["from"] == "gpt" and not turn["value"].strip():
             raise RecordError(f"record {rid}: turn {i} is an empty answer (nothing to learn from)", "empty text")

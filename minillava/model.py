@@ -30,7 +30,7 @@ from .connector import build_connector
 from .data import pad_batch
 from .encoder import VisionEncoder, to_rgb
 from .hd import HDConfig, HDGrid, split_into_cells
-from .prompts import IMAGE, prepare_tokenizer, tokenize_conversation, with_format_prompt
+from .prompts import IGNORE_INDEX, IMAGE, prepare_tokenizer, tokenize_conversation, with_format_prompt
 
 CONFIG_NAME = "minillava_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -215,10 +215,21 @@ class MiniLlava(nn.Module):
                 image_sizes=None, **lm_kwargs):
         """Logits and, given labels, the token-averaged cross-entropy over positions whose label is not -100.
 
-        Returns the LM's output (``.loss``, ``.logits``).
+        Returns the LM's output (``.loss``, ``.logits``). Without labels, ``.logits`` is ``(B, T, V)``. With
+        labels, the LM head runs only where the next token has a label (the answers): image and prompt positions,
+        most of a LLaVA batch, never produce a row of vocabulary logits. ``.logits`` is then ``(K, V)``, one row
+        per labelled token in reading order, and the loss equals the full computation's.
         """
         embeds = self.embed(input_ids, pixel_values, image_sizes)
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+        if labels is None:
+            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, **lm_kwargs)
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        keep = nn.functional.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # (B, T): the head's positions
+        # logits_to_keep is the LM's own hook (transformers >= 5): a boolean (B, T) mask keeps those positions'
+        # hidden states before the head, flattened to (K, H), whatever the architecture does after the head
+        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, **lm_kwargs)
+        out.loss = nn.functional.cross_entropy(out.logits.float(), targets[keep[:, :-1]])  # (K, V), (K,)
+        return out
 
     # ------------------------------------------------------------------ generation
 
@@ -226,12 +237,13 @@ class MiniLlava(nn.Module):
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, max_new_tokens: int = 128,
                  temperature: float = 0.0, top_p: float | None = None, image_sizes=None,
-                 use_cache: bool = True) -> torch.Tensor:
+                 use_cache: bool = True, streamer=None) -> torch.Tensor:
         """Batched generation with the LM's KV cache; returns only the new tokens (B, <= max_new_tokens).
 
         Rows must be left-padded (``pad_batch(..., padding_side="left")``). ``temperature=0`` is greedy
         decoding (every LLaVA benchmark); a row that ends (EOS) is padded with the pad token.
         ``use_cache=False`` (greedy only) is the reference decoding: the whole sequence is recomputed at every step.
+        ``streamer``: a transformers streamer (e.g. ``TextStreamer``), given each new token as it is made.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -240,15 +252,16 @@ class MiniLlava(nn.Module):
         embeds = self.embed(input_ids, pixel_values, image_sizes)
         sampling = temperature > 0
         if not use_cache:
-            if sampling:
-                raise ValueError("use_cache=False supports greedy decoding (temperature=0) only")
+            if sampling or streamer is not None:
+                raise ValueError("use_cache=False supports greedy decoding (temperature=0) without a streamer only")
             return self._generate_without_cache(embeds, attention_mask, max_new_tokens)
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling,
                                   temperature=temperature if sampling else None, top_p=top_p if sampling else None,
                                   eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
                                   bos_token_id=self.tokenizer.bos_token_id, use_cache=use_cache)
         # Given only inputs_embeds, transformers' generate returns only the new tokens.
-        return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config)
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config,
+                                streamer=streamer)
 
     def _generate_without_cache(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
                                 max_new_tokens: int) -> torch.Tensor:
@@ -280,6 +293,39 @@ class MiniLlava(nn.Module):
         new_tokens = self.generate(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
                                    max_new_tokens, temperature, image_sizes=batch["image_sizes"])
         return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def chat(self, image: Image.Image | None, conversation: Sequence[dict], template: str = "vicuna_v1",
+             preprocess: str = "pad", max_new_tokens: int = 512, temperature: float = 0.0, streamer=None) -> str:
+        """The assistant's next reply in a multi-turn conversation about one image (``None``: text only), as the
+        official ``llava.serve.cli`` does it.
+
+        ``conversation`` is LLaVA's turns so far, ``[{"from": "human", "value": ...}, {"from": "gpt", ...}, ...]``,
+        ending with a human turn; the image goes before the first question (unless a turn already holds the
+        ``<image>`` marker). ``streamer`` (e.g. ``transformers.TextStreamer(model.tokenizer, skip_prompt=True,
+        skip_special_tokens=True)``) prints the reply as it is made.
+
+        >>> turns = [{"from": "human", "value": "What is in the picture?"}]
+        >>> turns += [{"from": "gpt", "value": model.chat(image, turns)}, {"from": "human", "value": "Where?"}]
+        >>> model.chat(image, turns)
+        """
+        if not conversation or conversation[-1].get("from") != "human":
+            raise ValueError("the conversation must end with a human turn (the question to answer)")
+        turns = [dict(turn) for turn in conversation]
+        counts = []
+        if image is not None:
+            prepared = self.prepare_image(image, preprocess)
+            if not any(IMAGE in turn["value"] for turn in turns):
+                turns[0]["value"] = IMAGE + "\n" + turns[0]["value"]
+            counts.append(prepared["n_tokens"])
+        sample = tokenize_conversation(turns, self.tokenizer, self.image_token_id, counts, template,
+                                       for_generation=True)
+        device = next(self.parameters()).device
+        input_ids = torch.tensor([sample["input_ids"]], device=device)
+        pixels = prepared["pixel_values"].to(device) if image is not None else None
+        new_tokens = self.generate(input_ids, pixels, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   image_sizes=[prepared["image_size"]] if image is not None else None,
+                                   streamer=streamer)
+        return self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
 
     def prompt_batch(self, images: Sequence[Image.Image | None], questions: Sequence[str],
                      template: str = "vicuna_v1", format_prompt: str | None = None, preprocess: str = "pad") -> dict:

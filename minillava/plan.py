@@ -8,8 +8,9 @@ Everything here is arithmetic on the model shapes (no weights are loaded):
   strategy shards them, plus activations (with gradient checkpointing: each layer's input is kept and one
   layer's activations are recomputed at a time; Korthikanti et al. 2022, ``s b h (34 + 5 a s / h)`` bytes for a
   layer without recomputation);
-- time from FLOPs (``6 N`` per token for trained weights, ``4 N`` for frozen ones gradients pass through,
-  ``2 N`` for the vision tower; the trainer's MFU uses the same accounting) at an assumed MFU.
+- time from FLOPs at an assumed MFU: ``trainer.model_flops``, the accounting of the trainer's own MFU (``6 N``
+  per token for trained weights, ``4 N`` for frozen ones gradients pass through, ``2 N`` for the vision tower,
+  plus attention).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .connector import build_connector
-from .trainer import Recipe
+from .trainer import Recipe, matmul_weights, model_flops
 
 # The shapes of the released backbones (config.json of each), so that planning needs no download.
 LLMS = {
@@ -56,20 +57,25 @@ class Plan:
     hours: float
     paper_hours: float | None
     tokens_per_sample: int
+    logits_gb: dict[str, float]  # per GPU, fp32: the LM head at every position vs at the labelled ones only
 
 
 def plan(recipe: Recipe, llm: str, vision: str = "openai/clip-vit-large-patch14-336", connector: str = "mlp2x_gelu",
          gpus: int = 8, gpu_memory_gb: float = 80, strategy: str = "zero3", samples: int | None = None,
-         tokens_per_sample: int | None = None, gpu_flops: float = 312e12, mfu: float = 0.4) -> Plan:
+         tokens_per_sample: int | None = None, gpu_flops: float = 312e12, mfu: float = 0.4,
+         answer_tokens: int | None = None) -> Plan:
     """The plan of one stage. ``samples`` / ``tokens_per_sample`` default to LCS-558K (stage 1) and the 665K mix
-    (stage 2); ``gpu_flops`` is the GPU's dense bf16 peak (A100: 312e12)."""
+    (stage 2); ``gpu_flops`` is the GPU's dense bf16 peak (A100: 312e12). ``answer_tokens`` (labelled tokens per
+    sample; default 20 for a stage-1 caption, 150 for a stage-2 conversation, assumed) sizes the logits the LM
+    head computes when it runs only where there is a label (``MiniLlava.forward``)."""
     if llm not in LLMS or vision not in VISION:
         raise ValueError(f"known shapes: LLMs {sorted(LLMS)}, vision {sorted(VISION)}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     lm_shape, v_shape = LLMS[llm], VISION[vision]
     n_lm, n_vision = llama_parameters(**lm_shape), clip_vision_parameters(**v_shape)
-    n_connector = sum(p.numel() for p in build_connector(connector, v_shape["hidden"], lm_shape["hidden"]).parameters())
+    connector_module = build_connector(connector, v_shape["hidden"], lm_shape["hidden"])
+    n_connector = sum(p.numel() for p in connector_module.parameters())
     # stage 1 trains the connector; stage 2 the connector and the LM; the vision tower never
     trainable = n_connector + (n_lm if recipe.stage == 2 else 0)
 
@@ -92,11 +98,22 @@ def plan(recipe: Recipe, llm: str, vision: str = "openai/clip-vit-large-patch14-
     memory = {k: v / 1e9 for k, v in memory.items()}
     memory["total"] = sum(memory.values())
 
-    lm_factor = 6 if recipe.stage == 2 else 4
-    flops = samples * (tokens_per_sample * lm_factor * n_lm + image_tokens * (6 * n_connector + 2 * n_vision))
+    # one sample's step (weights that multiply activations: every Linear, the LM head and the patch embedding)
+    lm_matmuls = lm_shape["layers"] * (4 * h * h + 3 * h * lm_shape["intermediate"]) + lm_shape["vocab"] * h
+    v_width = v_shape["hidden"]
+    tower_matmuls = (3 * v_shape["patch"] ** 2 * v_width
+                     + v_shape["layers"] * (4 * v_width ** 2 + 2 * v_width * v_shape["intermediate"]))
+    flops = samples * model_flops(recipe.stage, tokens_per_sample, tokens_per_sample, lm_matmuls, layers, h,
+                                  image_tokens, matmul_weights(connector_module), views=1, view_tokens=image_tokens + 1,
+                                  tower_weights=tower_matmuls, tower_layers=v_shape["layers"],
+                                  tower_width=v_shape["hidden"])
     hours = flops * recipe.epochs / (gpus * gpu_flops * mfu) / 3600
+    # the LM head's fp32 logits of one micro-batch: every position (transformers' default) vs the labelled ones
+    answer_tokens = min(s, answer_tokens or (20 if recipe.stage == 1 else 150))
+    logits = {"every position": 4 * b * s * lm_shape["vocab"] / 1e9,
+              "labelled only": 4 * b * answer_tokens * lm_shape["vocab"] / 1e9}
     return Plan(n_lm, n_vision, n_connector, trainable, memory, hours, PAPER_HOURS.get((llm, recipe.stage)),
-                tokens_per_sample)
+                tokens_per_sample, logits)
 
 
 def format_plan(p: Plan, recipe: Recipe, gpus: int, gpu_memory_gb: float, strategy: str, mfu: float) -> str:
@@ -109,5 +126,8 @@ def format_plan(p: Plan, recipe: Recipe, gpus: int, gpu_memory_gb: float, strate
              "memory per GPU (GB): " + ", ".join(f"{k} {v:.1f}" for k, v in p.memory_gb.items()) + f" -> {fits}"
              f" (activations at {p.tokens_per_sample} tokens per sample)",
              f"time at {mfu:.0%} MFU: {p.hours:.1f} h" + (f" (paper: {p.paper_hours:g} h on 8x A100)"
-                                                          if p.paper_hours else "")]
+                                                          if p.paper_hours else ""),
+             f"LM head logits per GPU (fp32): {p.logits_gb['every position']:.2f} GB at every position, "
+             f"{p.logits_gb['labelled only']:.2f} GB at the labelled ones only (minillava): "
+             f"{p.logits_gb['every position'] - p.logits_gb['labelled only']:.2f} GB saved"]
     return "\n".join(lines)

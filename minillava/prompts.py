@@ -100,8 +100,9 @@ def strip_format_prompts(text: str) -> str:
     return "\n".join(line for line in text.split("\n") if line.strip() not in FORMAT_PROMPTS)
 
 
-def _check_turns(conversation: Sequence[dict], for_generation: bool) -> None:
-    """Roles must alternate human, gpt, human, ...; training ends on an answer, generation on a question."""
+def check_turns(conversation: Sequence[dict], for_generation: bool = False) -> None:
+    """Roles must alternate human, gpt, human, ...; training ends on an answer, generation on a question.
+    Raises ``PromptError`` saying which turn is wrong (the data pipeline reports it naming the record)."""
     if not conversation:
         raise PromptError("empty conversation")
     for i, turn in enumerate(conversation):
@@ -148,7 +149,7 @@ def build_segments(conversation: Sequence[dict], template: str | Template = "vic
     markers (multi-image) stay where they are. ``for_generation=True`` stops after the last ``ASSISTANT:``.
     """
     template = get_template(template)
-    _check_turns(conversation, for_generation)
+    check_turns(conversation, for_generation)
     n_images = sum(turn["value"].count(IMAGE) for turn in conversation)
     turns = [dict(t, value=_move_image_to_front(t["value"])) if n_images == 1 else t for t in conversation]
 

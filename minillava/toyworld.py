@@ -72,6 +72,10 @@ def where(thing: Thing, scene: Scene) -> str:
     return "center" if (row, col) == ("middle", "center") else f"{row} {col}".replace("middle center", "center")
 
 
+POSITIONS = ["top left", "top center", "top right", "middle left", "center", "middle right", "bottom left",
+             "bottom center", "bottom right"]  # every answer of ``where``
+
+
 def make_scene(seed: int, n_things: int | None = None) -> Scene:
     """A random scene with ``n_things`` shapes (default: 1 to 3); the same seed gives the same scene."""
     rng = random.Random(seed)
@@ -359,6 +363,14 @@ def patches_on(thing: Thing, scene: Scene, grid: int, view: tuple[float, float, 
             if abs(left + (gx + 0.5) * cell - thing.x) < r and abs(top + (gy + 0.5) * cell - thing.y) < r]
 
 
+def canvas_patches(scene: Scene, grid: int) -> list[bool]:
+    """For each of the ``grid`` x ``grid`` patches of the image padded to a square (row-major): does its centre
+    show the canvas (True) or the padding (False)?"""
+    left, top, side = padded_view(scene)
+    return [0 <= left + (gx + 0.5) * side / grid < scene.width and 0 <= top + (gy + 0.5) * side / grid < scene.height
+            for gy in range(grid) for gx in range(grid)]
+
+
 def character_crop(scene: Scene, size: int, rng: random.Random) -> tuple[int, int]:
     """Top-left corner of a ``size`` x ``size`` full-resolution crop that holds the scene's printed character
     (at a random place in the crop): a close-up such as one HD grid cell shows."""
@@ -375,7 +387,8 @@ def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | Non
     ``ATTRIBUTES``, -100 where there is nothing to say (background; the character unless ``character``).
 
     The vision tower learns from these (``backbones.pretrain_vision_tower``). The character is labelled on the one
-    patch holding the centre of its glyph, and only when asked: in a close-up, where it is legible.
+    patch holding the centre of its glyph, and only when asked: in a close-up, where it is legible. (Labelling
+    every patch with where it lies as well was tried: docs/findings.md, 2026-12-03.)
     """
     labels = [[-100] * len(ATTRIBUTES) for _ in range(grid * grid)]
     for t in scene.things:

@@ -37,7 +37,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .checkpoint import CheckpointError, find_checkpoint, save_checkpoint
 from .data import LlavaDataset, ModalityLengthGroupedSampler, RecordError, collate, load_records, skip_summary
-from .model import MiniLlava
+from .hd import HDConfig
+from .model import CONFIG_NAME, MiniLlava, MiniLlavaConfig
 
 CONNECTOR_FILE = "connector.safetensors"  # what stage 1 saves; stage 2 starts from it
 
@@ -169,6 +170,25 @@ def load_connector(model: MiniLlava, path: str | Path) -> None:
         model.connector.load_state_dict(load_official_projector(path), strict=True)
 
 
+def merge_lora(run: str | Path, folder: str | Path, dtype: torch.dtype | None = None) -> MiniLlava:
+    """Fold a LoRA stage-2 run (``adapter/`` + ``connector.safetensors`` + ``minillava_config.json``) into its base
+    LM and write a plain MiniLlava folder that ``from_pretrained`` loads without peft."""
+    from peft import PeftModel
+
+    run = Path(run)
+    if not (run / "adapter").is_dir():
+        raise FileNotFoundError(f"{run}: no adapter/ folder; is this the output folder of a LoRA stage 2?")
+    config = MiniLlavaConfig(**json.loads((run / CONFIG_NAME).read_text()))
+    model = MiniLlava.from_backbones(config.sources["vision"], config.sources["llm"], connector=config.connector,
+                                     feature_layer=config.feature_layer, select=config.select,
+                                     hd=HDConfig(**config.hd) if config.hd else None, dtype=dtype)
+    load_connector(model, run)
+    model.lm = PeftModel.from_pretrained(model.lm, run / "adapter").merge_and_unload()
+    model.config.sources = dict(config.sources, lora=str(run))
+    model.save_pretrained(folder)
+    return model
+
+
 def check_finite(losses: list[torch.Tensor], grad_norm, step: int) -> None:
     """Stop at the first optimizer step whose loss or gradient norm is NaN or infinite: its update would
     poison the weights, and the next checkpoint with them."""
@@ -203,29 +223,38 @@ def matmul_weights(module: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d))
 
 
-def step_flops(model: MiniLlava, batch: dict, stage: int) -> float:
-    """Model FLOPs of one training step on ``batch``: forward + backward, the numerator of MFU.
+def model_flops(stage: int, tokens: int, length: int, lm_weights: int, lm_layers: int, lm_width: int,
+                image_tokens: int, connector_weights: int, views: int = 0, view_tokens: int = 0,
+                tower_weights: int = 0, tower_layers: int = 0, tower_width: int = 0) -> float:
+    """Model FLOPs of one training step, forward + backward: the numerator of the trainer's MFU and what
+    ``plan`` turns into hours.
 
+    ``tokens`` real LM positions (image tokens included) in rows of ``length``; ``*_weights`` count the weights
+    that multiply activations (``matmul_weights``); ``views`` images (or HD cells) of ``view_tokens`` patches each.
     Per token, a weight costs 2 FLOPs forward; backward costs 2 more for the input gradient (whenever something
     before it trains) and 2 more for its own gradient (when it trains). So: 6 N for what trains, 4 N for frozen
     layers the gradient passes through (the LM in stage 1), 2 N for the frozen vision tower. Attention adds
     4 d T per token and layer forward (scores and weighted sum over T positions, as in PaLM's MFU), with the
-    same multiplier. Counted on the real (unpadded) tokens; embedding lookups are free.
+    same multiplier. Embedding lookups are free.
     """
-    lm_cfg, tower_cfg = model.lm.config, model.encoder.tower.config
-    tokens = int(batch["attention_mask"].sum())
-    length = batch["input_ids"].shape[1]
-    lm = (6 if stage == 2 else 4) * tokens * (matmul_weights(model.lm)
-                                             + 4 * lm_cfg.num_hidden_layers * lm_cfg.hidden_size * length)
-    image_tokens = int((batch["input_ids"] == model.image_token_id).sum())
-    connector = 6 * image_tokens * matmul_weights(model.connector)
-    vision = 0.0
-    if batch.get("pixel_values") is not None:
-        views = batch["pixel_values"].shape[0]  # images (or HD cells)
-        per_view = model.encoder.num_patches + int(model.encoder.has_cls)
-        vision = 2 * views * per_view * (matmul_weights(model.encoder.tower)
-                                         + 4 * tower_cfg.num_hidden_layers * tower_cfg.hidden_size * per_view)
+    lm = (6 if stage == 2 else 4) * tokens * (lm_weights + 4 * lm_layers * lm_width * length)
+    connector = 6 * image_tokens * connector_weights
+    vision = 2 * views * view_tokens * (tower_weights + 4 * tower_layers * tower_width * view_tokens)
     return float(lm + connector + vision)
+
+
+def step_flops(model: MiniLlava, batch: dict, stage: int) -> float:
+    """``model_flops`` of one training step of ``model`` on ``batch``, counted on the real (unpadded) tokens."""
+    lm_cfg, tower_cfg = model.lm.config, model.encoder.tower.config
+    views = batch["pixel_values"].shape[0] if batch.get("pixel_values") is not None else 0  # images (or HD cells)
+    return model_flops(stage, tokens=int(batch["attention_mask"].sum()), length=batch["input_ids"].shape[1],
+                       lm_weights=matmul_weights(model.lm), lm_layers=lm_cfg.num_hidden_layers,
+                       lm_width=lm_cfg.hidden_size,
+                       image_tokens=int((batch["input_ids"] == model.image_token_id).sum()),
+                       connector_weights=matmul_weights(model.connector), views=views,
+                       view_tokens=model.encoder.num_patches + int(model.encoder.has_cls),
+                       tower_weights=matmul_weights(model.encoder.tower), tower_layers=tower_cfg.num_hidden_layers,
+                       tower_width=tower_cfg.hidden_size)
 
 
 _PEAK: dict[tuple[str, torch.dtype], float] = {}
@@ -435,7 +464,7 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
             if is_lora(unwrapped):  # adapters + connector; `minillava merge-lora` makes a plain model of them
                 lm_state = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
                 unwrapped.lm.save_pretrained(output_dir / "adapter", state_dict=lm_state)
-                (output_dir / "minillava_config.json").write_text(json.dumps(asdict(unwrapped.config), indent=2))
+                (output_dir / CONFIG_NAME).write_text(json.dumps(asdict(unwrapped.config), indent=2))
             elif recipe.stage == 2:
                 unwrapped.save_pretrained(output_dir / "model", state_dict=state)
     unwrapped.eval()

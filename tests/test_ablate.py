@@ -26,6 +26,9 @@ def test_claims_verdicts():
     assert "| contradicted |" in claims_table(results)
     results["connector"]["linear"] = _runs([0.7, 0.9, 0.8])  # within the noise
     assert "| unclear |" in claims_table(results)
+    # one seed has no standard error: no verdict either way, only the sign
+    one = {"connector": {"mlp2x_gelu": _runs([0.5]), "linear": _runs([0.9])}}
+    assert "| no verdict (1 seed: lower) |" in claims_table(one) and "contradicted" not in claims_table(one)
 
 
 def test_ablation_end_to_end_on_a_tiny_budget(tmp_path, toy_cache, monkeypatch):
@@ -60,5 +63,5 @@ def test_ablate_quick_command_prints_the_claims(tmp_path, toy_cache, monkeypatch
     monkeypatch.setattr(Budget, "quick", classmethod(lambda cls: Budget.tiny()))  # the suite's reduced budget
     main(["ablate", "--quick", "--out", str(tmp_path / "out"), "--groups", "format"])
     out = capsys.readouterr().out
-    assert "format prompts make short prompts get short answers" in out and "(1 seed)" in out
+    assert "format prompts make short prompts get short answers" in out and "no verdict (1 seed: " in out
     assert (tmp_path / "out" / "ablation.md").exists()

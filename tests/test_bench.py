@@ -34,8 +34,10 @@ def run_bench(script, *args, cache):
 
 
 def test_train_step_runs(toy_cache):
-    out = run_bench("train_step.py", "--size", "toy", "--repeats", "1", cache=toy_cache)
-    assert "minillava / transformers step time" in out and "| transformers |" in out
+    out = run_bench("train_step.py", "--size", "toy", "--vocab", "4000", "--repeats", "1", cache=toy_cache)
+    assert "minillava / transformers' default step time" in out and "| transformers + logits_to_keep |" in out
+    losses = [float(x.split()[-1]) for x in out.split("first-step losses ")[1].split("\n")[0].split(", ")]
+    assert len(losses) == 3 and max(losses) - min(losses) < 1e-5  # the same weights, batch and loss
 
 
 def test_generate_runs(toy_cache):

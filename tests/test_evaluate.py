@@ -7,8 +7,6 @@ import torch
 from conftest import make_image
 
 from minillava.evaluate import (
-    beats_majority,
-    by_objects,
     choice_letter,
     exact_match,
     load_annotations,
@@ -18,15 +16,14 @@ from minillava.evaluate import (
     normalize_vqa,
     pope_label,
     pope_scores,
-    probe_vision_features,
     read_jsonl,
     run_benchmark,
     score_benchmark,
     vqa_accuracy,
     with_benchmark_prompt,
-    write_report,
 )
 from minillava.prompts import SHORT_ANSWER
+from minillava.toyreport import beats_majority, by_objects, probe_vision_features, write_report
 
 
 @pytest.mark.parametrize("raw, normal", [
@@ -159,7 +156,7 @@ def test_beats_majority_by_two_standard_errors():
 
 def test_vision_probe_reads_the_features(model):
     probe = probe_vision_features(model.encoder, n_scenes=150)
-    assert set(probe) == {"colour", "shape", "size"}
+    assert set(probe) == {"colour", "shape", "size", "position"}
     assert probe["colour"] >= 0.7  # colour is linear in the pixels, even through a random tower
 
     class Blind:  # the same interface, features that hold nothing: the probe must fall to chance
@@ -169,13 +166,14 @@ def test_vision_probe_reads_the_features(model):
         def __call__(self, pixels):
             return torch.zeros(len(pixels), self.num_patches, 8)
 
-    assert probe_vision_features(Blind(), n_scenes=150)["colour"] <= 0.45
+    blind = probe_vision_features(Blind(), n_scenes=150)
+    assert blind["colour"] <= 0.45 and blind["position"] <= 0.35  # position: 9 classes, "center" ~22%
 
 
 def test_answer_attention_sums_the_named_objects_share(model, clip_dir, llm_dir):
-    from minillava.evaluate import answer_attention
     from minillava.hd import HDConfig
     from minillava.model import MiniLlava
+    from minillava.toyreport import answer_attention
 
     before = model.lm.config._attn_implementation
     alone = answer_attention(model, n_scenes=4, batch_size=1)

@@ -33,9 +33,71 @@ def test_loss_is_token_averaged_cross_entropy(model):
                       model.tokenizer.pad_token_id)
     pixels = model.encoder.preprocess([make_image(32, 32), make_image(20, 30, seed=2)])
     out = model(batch["input_ids"], pixels, batch["attention_mask"], batch["labels"])
-    logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
+    full = model(batch["input_ids"], pixels, batch["attention_mask"]).logits  # (B, T, V): every position
+    logits, labels = full[:, :-1], batch["labels"][:, 1:]
     expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(out.loss, expected)
+    # with labels, the head ran only where the next token is labelled: one row per labelled token
+    assert out.logits.shape == (int((labels != IGNORE_INDEX).sum()), full.shape[-1])
+    torch.testing.assert_close(out.logits, logits[labels != IGNORE_INDEX])
+
+
+def mixed_batch(model, hd=False):
+    """Rows with two images and two rounds, text only, one image and padding; image sizes for HD."""
+    images = [make_image(40, 30), make_image(24, 48, seed=1), make_image(32, 32, seed=2)]
+    prepared = [model.prepare_image(im, "pad") for im in images]  # HD: each image's token count depends on its size
+    two_rounds = tokenize_conversation(
+        [{"from": "human", "value": "<image>\n<image>\nSame shapes?"}, {"from": "gpt", "value": "No."},
+         {"from": "human", "value": "Which is larger?"}, {"from": "gpt", "value": "The first one, by far."}],
+        model.tokenizer, model.image_token_id, [p["n_tokens"] for p in prepared[:2]])
+    last = tokenize_conversation([{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}],
+                                 model.tokenizer, model.image_token_id, [prepared[2]["n_tokens"]])
+    text = tokenize_conversation([{"from": "human", "value": "Hi there, how many sides has a square?"},
+                                  {"from": "gpt", "value": "Four."}], model.tokenizer, model.image_token_id)
+    batch = pad_batch([two_rounds, text, last], model.tokenizer.pad_token_id)
+    pixels = torch.cat([p["pixel_values"] for p in prepared])
+    return batch, pixels, [p["image_size"] for p in prepared] if hd else None
+
+
+@pytest.mark.parametrize("hd", [False, True], ids=["base", "hd"])
+def test_selected_positions_loss_and_gradients_equal_the_full_ones(model, clip_dir, llm_dir, hd):
+    """The head on labelled positions only (#21) against transformers' own loss on every position's logits:
+    padding, a text-only row, two images and two rounds in a row, and the HD grid."""
+    from minillava.hd import HDConfig
+
+    if hd:
+        torch.manual_seed(0)
+        model = MiniLlava.from_backbones(str(clip_dir), str(llm_dir), hd=HDConfig(max_cells=4))
+    model.train()
+    batch, pixels, sizes = mixed_batch(model, hd)
+    assert (batch["attention_mask"] == 0).any()  # padding is in the batch
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(selected: bool):
+        model.zero_grad()
+        if selected:
+            loss = model(batch["input_ids"], pixels, batch["attention_mask"], batch["labels"], image_sizes=sizes).loss
+        else:  # transformers' loss on the full (B, T, V) logits
+            embeds = model.embed(batch["input_ids"], pixels, sizes)
+            loss = model.lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in trained]
+
+    (ours, ours_grads), (full, full_grads) = loss_and_grads(True), loss_and_grads(False)
+    torch.testing.assert_close(ours, full, atol=1e-6, rtol=0)
+    for a, b in zip(ours_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # the comparison can fail: one labelled position dropped, or the targets shifted by one, changes the loss
+    with torch.no_grad():
+        logits = model(batch["input_ids"], pixels, batch["attention_mask"], image_sizes=sizes).logits[:, :-1]
+        targets = batch["labels"][:, 1:]
+        keep = targets != IGNORE_INDEX
+        dropped = keep.clone()
+        dropped[0, keep[0].nonzero()[0]] = False
+        shifted = batch["labels"][:, :-1]
+        for mask, target in ((dropped, targets), (keep, shifted)):
+            other = F.cross_entropy(logits[mask], target[mask].clamp(min=0))
+            assert abs(float(other) - float(full)) > 1e-4
 
 
 def test_mismatched_image_token_count_raises_with_both_counts(model):
@@ -163,3 +225,47 @@ def test_save_with_a_gathered_state_dict(model, tmp_path):
     model.save_pretrained(tmp_path, state_dict=state)
     loaded = MiniLlava.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(loaded(ids, pixels).logits, model(ids, pixels).logits)
+
+
+def test_chat_is_multi_turn_and_streams(model, capsys):
+    """`chat` answers the last question with the whole conversation as context (the image before the first
+    question), gives what `answer` gives for a single turn, and streams exactly the reply it returns."""
+    from transformers import TextStreamer
+
+    image = make_image(40, 30, seed=3)
+    model.eval()
+    first = [{"from": "human", "value": "What is it?"}]
+    assert model.chat(image, first, max_new_tokens=6) == model.answer([image], ["What is it?"], max_new_tokens=6)[0]
+    streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    capsys.readouterr()
+    reply = model.chat(image, first, max_new_tokens=6, streamer=streamer)
+    assert capsys.readouterr().out.strip() == reply
+    # a follow-up is asked with the first round in context: its prompt holds both questions and the reply
+    later = first + [{"from": "gpt", "value": reply}, {"from": "human", "value": "And the colour?"}]
+    seen = []
+    model.generate, original = (lambda ids, *a, **k: seen.append(ids) or original(ids, *a, **k)), model.generate
+    try:
+        model.chat(image, later, max_new_tokens=2)
+    finally:
+        del model.generate
+    prompt = model.tokenizer.decode(seen[0][0][seen[0][0] != model.image_token_id])
+    assert prompt.index("What is it?") < prompt.index("And the colour?") and prompt.rstrip().endswith("ASSISTANT:")
+    assert int((seen[0] == model.image_token_id).sum()) == model.encoder.num_features  # one image, once
+    with pytest.raises(ValueError, match="end with a human turn"):
+        model.chat(image, later[:2])
+
+
+def test_chat_command_talks_until_an_empty_line(model, tmp_path, monkeypatch, capsys):
+    from minillava.cli import main
+
+    model.save_pretrained(tmp_path / "m")
+    make_image(40, 30).save(tmp_path / "a.png")
+    questions = iter(["What is it?", "And the colour?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": print(prompt, end="") or next(questions))
+    main(["chat", "--model", str(tmp_path / "m"), "--image", str(tmp_path / "a.png"), "--max-new-tokens", "3"])
+    out = capsys.readouterr().out
+    assert out.count("USER: ") == 3 and out.count("ASSISTANT: ") == 2
+    (tmp_path / "broken.png").write_text("not a picture")
+    for image, message in (("missing.png", "no such file"), ("broken.png", "not a readable image")):
+        with pytest.raises(SystemExit, match=message):
+            main(["chat", "--model", str(tmp_path / "m"), "--image", str(tmp_path / image), "--question", "Hi?"])

@@ -28,3 +28,20 @@ def test_committed_notebook(path):
     assert any("minillava" in c.source for c in code)
     assert not any(line.startswith(("def build_connector", "def tokenize_conversation", "def choose_grid"))
                    for c in code for line in c.source.splitlines())
+
+
+# What a reader must not meet in a committed output: warnings, this machine's paths, object reprs.
+NOT_IN_OUTPUTS = ("Warning:", "/root/", "/home/", "/tmp/", "/work/", ".cache/minillava", " at 0x")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_outputs_are_clean_and_figures_legible(path):
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        for out in cell.outputs:
+            text = out.get("text", "") + "".join(out.get("data", {}).get("text/plain", ""))
+            found = [s for s in NOT_IN_OUTPUTS if s in text]
+            assert not found, f"{path.name}, code cell {i}: {found} in {text[:200]!r}"
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    if "plt." in source:  # figures at dpi >= 100 (set once at the top)
+        assert "figure.dpi" in source and int(source.split('"figure.dpi"] = ')[1].split()[0]) >= 100

@@ -49,9 +49,13 @@ def test_paper_sizes_and_memory():
     ddp = plan(stage2, "lmsys/vicuna-7b-v1.5", strategy="ddp")
     assert ddp.memory_gb["total"] > 80 > p2.memory_gb["total"]  # full fine-tuning of 7B needs sharding
     assert p2.paper_hours == 10.0 and 3 < p2.hours < 30
+    # logits of the LM head, fp32, one micro-batch of 16: 976 positions (576 image + 400 text) vs 150 labelled
+    assert p2.logits_gb["every position"] == pytest.approx(4 * 16 * 976 * 32000 / 1e9)
+    assert p2.logits_gb["labelled only"] == pytest.approx(4 * 16 * 150 * 32000 / 1e9)
 
 
 def test_plan_command(capsys):
     main(["plan", "--recipe", str(Path(__file__).parent.parent / "configs/recipes/llava15-7b-stage2.yaml")])
     out = capsys.readouterr().out
     assert "connector 20,979,712" in out and "fits" in out and "paper: 10 h" in out
+    assert "at the labelled ones only" in out and "GB saved" in out

@@ -296,7 +296,7 @@ def test_a_non_finite_step_stops_before_it_is_saved(clip_dir, llm_dir, resume_se
     def poison(module, args, output):  # the loss turns NaN from the 5th micro-batch (step 3) on
         calls.append(1)
         if len(calls) >= 5:
-            output.loss = output.loss * float("nan")
+            output.logits = output.logits * float("nan")  # the loss is computed from these
         return output
 
     model.lm.register_forward_hook(poison)

@@ -90,7 +90,8 @@ def bad_records(folder):
     ]
 
 
-@pytest.mark.parametrize("rid, message", [("missing", "nope.png not found"), ("roles", "turn 0 must be"),
+@pytest.mark.parametrize("rid, message", [("missing", "nope.png not found"),
+                                          ("roles", "turn 0 is from 'gpt', expected 'human'"),
                                           ("no-marker", "exactly one <image> marker"),
                                           ("empty", "empty conversation")])
 def test_bad_records_raise_naming_the_record(model, tmp_path, rid, message):
@@ -138,7 +139,10 @@ def test_collator_shapes_masks_and_text_only_rows(model, world):
     assert (batch["labels"][padding] == IGNORE_INDEX).all()
     assert (batch["input_ids"][padding] == model.tokenizer.pad_token_id).all()
     assert batch.pop("skipped") == []
+    labels = batch.pop("labels")
     assert model(**batch).logits.shape[:2] == batch["input_ids"].shape
+    # with labels, the LM head runs only where the next token is labelled: one row of logits per labelled token
+    assert model(**batch, labels=labels).logits.shape[0] == int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def test_grouped_sampler_never_mixes_modalities_within_a_global_batch():
@@ -256,3 +260,14 @@ def test_patch_labels_name_what_lies_under_each_patch():
     assert close[7 * 8 + 4][3] == ATTRIBUTES["character"].index("A")
     ink = draw_scene(scene).convert("L").crop((64 + 4 * 8, 64 + 7 * 8, 64 + 5 * 8, 64 + 8 * 8))  # that cell
     assert min(ink.getdata()) < 100  # the dark glyph is really drawn there
+
+
+def test_canvas_patches_mark_the_padding():
+    from minillava.toyworld import Scene, canvas_patches
+
+    assert all(canvas_patches(Scene(128, 128, (), None, None, seed=0), grid=8))
+    # 160 x 128 padded to 160 x 160: 16 px of padding above and below; 20 px cells, centres at 10, 30, ..., 150
+    wide = canvas_patches(Scene(160, 128, (), None, None, seed=0), grid=8)
+    assert wide[:8] == [False] * 8 and wide[-8:] == [False] * 8 and all(wide[8:56])
+    tall = canvas_patches(Scene(128, 160, (), None, None, seed=0), grid=8)
+    assert [tall[r * 8] for r in range(8)] == [False] * 8 and all(tall[r * 8 + 3] for r in range(8))

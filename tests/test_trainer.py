@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minillava.cli import main, toy_recipes
+from minillava.cli import main
 from minillava.model import MiniLlava
+from minillava.toy import toy_recipes
 from minillava.toyworld import EVAL_TASKS, write_world
 from minillava.trainer import CONNECTOR_FILE, Recipe, load_connector, train
 
@@ -86,12 +87,32 @@ def test_recipe_yaml_and_unknown_fields(tmp_path):
         Recipe.from_yaml(tmp_path / "bad.yaml")
 
 
-def test_toy_recipe_files_match_the_code(tmp_path):
-    stage1, stage2 = toy_recipes(tmp_path)
-    for name, code in (("toy-stage1", stage1), ("toy-stage2", stage2)):
-        from_file = Recipe.from_yaml(ROOT / "configs" / "recipes" / f"{name}.yaml", data=code.data,
-                                     image_folder=code.image_folder)
-        assert asdict(from_file) == asdict(code), name
+def test_toy_recipes_are_the_package_yaml_files(tmp_path, monkeypatch):
+    """The toy run trains with minillava/recipes/toy-stage{1,2}.yaml (no second copy in code): change a file and
+    the toy recipe changes; its data points at the world given."""
+    import shutil
+
+    import tomllib
+
+    from minillava import toy
+
+    stage1, stage2 = toy_recipes(tmp_path / "world")
+    assert (stage1.stage, stage1.template, stage2.stage, stage2.template) == (1, "plain", 2, "vicuna_v1")
+    assert stage2.data == str(tmp_path / "world" / "stage2.json")
+    assert stage1.image_folder == str(tmp_path / "world" / "images")
+    assert asdict(stage1) == asdict(Recipe.from_yaml(toy.RECIPES / "toy-stage1.yaml", data=stage1.data,
+                                                     image_folder=stage1.image_folder))
+    edited = tmp_path / "recipes"
+    shutil.copytree(toy.RECIPES, edited)
+    text = (edited / "toy-stage2.yaml").read_text().replace("learning_rate: 3.0e-4", "learning_rate: 5.0e-4")
+    (edited / "toy-stage2.yaml").write_text(text)
+    monkeypatch.setattr(toy, "RECIPES", edited)
+    assert toy_recipes(tmp_path / "world")[1].learning_rate == 5e-4 != stage2.learning_rate
+    # a non-editable install has the files: pyproject's package data names them
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["minillava"]
+    shipped = [p.relative_to(ROOT / "minillava").as_posix() for p in (ROOT / "minillava").rglob("*")
+               if p.is_file() and (p.parent.name == "recipes" or "toy_backbones" in p.parts)]
+    assert shipped and all(any(Path(f).match(pattern) for pattern in patterns) for f in shipped), shipped
 
 
 def test_two_processes_keep_replicas_equal_and_match_one_process(clip_dir, llm_dir, world, tmp_path):
@@ -225,7 +246,7 @@ def test_metrics_report_mfu(model, world, tmp_path):
 
 
 def test_lora_stage2_trains_adapters_and_merges_to_the_same_logits(clip_dir, llm_dir, world, tmp_path):
-    from minillava.convert import merge_lora
+    from minillava.trainer import merge_lora
 
     torch.manual_seed(0)
     model = MiniLlava.from_backbones(str(clip_dir), str(llm_dir))
@@ -273,3 +294,28 @@ def test_stages_in_different_precisions_in_one_process(model, world, tmp_path):
     metrics = train(recipe(world, 2, mixed_precision="bf16"), model, tmp_path / "bf16", progress=False)
     assert len(metrics) == 3 and all(m["loss"] > 0 for m in metrics)
     assert json.loads((tmp_path / "bf16" / "recipe.json").read_text())["mixed_precision"] == "bf16"
+
+
+def test_plan_counts_the_flops_the_trainer_counts(model, world, monkeypatch):
+    """`minillava plan` and the trainer's MFU share one accounting: for the test model's own shapes, the plan's
+    FLOPs for one sample equal step_flops on a one-sample batch of that length."""
+    from minillava import plan as plan_module
+    from minillava.data import pad_batch
+    from minillava.prompts import tokenize_conversation
+    from minillava.trainer import step_flops
+
+    lm, v = model.lm.config, model.encoder.tower.config
+    monkeypatch.setitem(plan_module.LLMS, "test-llm", dict(vocab=lm.vocab_size, hidden=lm.hidden_size,
+                                                          layers=lm.num_hidden_layers, heads=lm.num_attention_heads,
+                                                          intermediate=lm.intermediate_size))
+    monkeypatch.setitem(plan_module.VISION, "test-clip", dict(image=v.image_size, patch=v.patch_size,
+                                                             hidden=v.hidden_size, layers=v.num_hidden_layers,
+                                                             intermediate=v.intermediate_size))
+    conv = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A red circle."}]
+    s = tokenize_conversation(conv, model.tokenizer, model.image_token_id, [model.encoder.num_features])
+    batch = pad_batch([s], model.tokenizer.pad_token_id)
+    batch["pixel_values"] = torch.zeros(1, 3, v.image_size, v.image_size)
+    for stage in (1, 2):
+        p = plan_module.plan(Recipe(stage=stage), "test-llm", "test-clip", connector=model.config.connector,
+                             samples=1, tokens_per_sample=len(s["input_ids"]), gpus=1, gpu_flops=1.0, mfu=1.0)
+        assert p.hours * 3600 == pytest.approx(step_flops(model, batch, stage), rel=1e-9), stage
