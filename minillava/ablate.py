@@ -120,13 +120,20 @@ def run_variant(variant: Variant, world: Path, vision_dir: Path, llm_dir: Path, 
     return summary
 
 
+def ablation_world(budget: Budget) -> Path:
+    """The toy world the ablation at ``budget`` trains and evaluates on (generated once into the cache)."""
+    from .backbones import cache_dir
+
+    return cache_dir() / f"world-{budget.train_images}-{budget.eval_images}-0"
+
+
 def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | None = None,
            progress: bool = True) -> dict[str, dict[str, list[dict[str, float]]]]:
     """Run every variant of ``groups`` (default: all) for every seed; write ``ablation.md``, ``ablation.json``
     and ``ablation.png`` under ``out``; return ``{group: {variant name: [summary per seed]}}``."""
     from tqdm.auto import tqdm
 
-    from .backbones import cache_dir, toy_backbones
+    from .backbones import toy_backbones
     from .toyworld import write_world
 
     budget, out = budget or Budget(), Path(out)
@@ -134,7 +141,7 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         raise ValueError(f"unknown ablation group(s) {unknown}; choose from {sorted(GROUPS)}")
-    world = write_world(cache_dir() / f"world-{budget.train_images}-{budget.eval_images}-0", budget.train_images,
+    world = write_world(ablation_world(budget), budget.train_images,
                         budget.eval_images, 0, progress=progress)
     vision_dir, llm_dir = toy_backbones()  # the shipped toy backbones
     runs: dict[str, dict[int, dict[str, float]]] = {}  # variant key -> seed -> summary (shared across groups)

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from .data import IMAGE_ERRORS, open_image
 from .prompts import MULTIPLE_CHOICE, SHORT_ANSWER, with_format_prompt
 
@@ -197,8 +199,6 @@ def answer_questions(model, questions: Sequence[dict], image_folder: str | Path 
                      max_new_tokens: int = 128, template: str = "vicuna_v1", progress: bool = True,
                      model_id: str = "minillava") -> list[dict]:
     """Greedy answers to LLaVA-layout questions (the question text already holds its format prompt)."""
-    from tqdm.auto import tqdm  # here, not at the top: importing the scorers alone draws no progress bar
-
     answers = []
     for start in tqdm(range(0, len(questions), batch_size), desc="answering", disable=not progress):
         chunk = questions[start:start + batch_size]

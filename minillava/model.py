@@ -308,41 +308,34 @@ class MiniLlava(nn.Module):
         >>> turns += [{"from": "gpt", "value": model.chat(image, turns)}, {"from": "human", "value": "Where?"}]
         >>> model.chat(image, turns)
         """
-        if not conversation or conversation[-1].get("from") != "human":
-            raise ValueError("the conversation must end with a human turn (the question to answer)")
-        turns = [dict(turn) for turn in conversation]
-        counts = []
-        if image is not None:
-            prepared = self.prepare_image(image, preprocess)
-            if not any(IMAGE in turn["value"] for turn in turns):
-                turns[0]["value"] = IMAGE + "\n" + turns[0]["value"]
-            counts.append(prepared["n_tokens"])
-        sample = tokenize_conversation(turns, self.tokenizer, self.image_token_id, counts, template,
-                                       for_generation=True)
-        device = next(self.parameters()).device
-        input_ids = torch.tensor([sample["input_ids"]], device=device)
-        pixels = prepared["pixel_values"].to(device) if image is not None else None
-        new_tokens = self.generate(input_ids, pixels, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   image_sizes=[prepared["image_size"]] if image is not None else None,
-                                   streamer=streamer)
+        batch = self.prompt_batch([image], [conversation], template, preprocess=preprocess)
+        new_tokens = self.generate(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], max_new_tokens,
+                                   temperature, image_sizes=batch["image_sizes"], streamer=streamer)
         return self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
 
-    def prompt_batch(self, images: Sequence[Image.Image | None], questions: Sequence[str],
+    def prompt_batch(self, images: Sequence[Image.Image | None], questions: Sequence[str | Sequence[dict]],
                      template: str = "vicuna_v1", format_prompt: str | None = None, preprocess: str = "pad") -> dict:
-        """The generation prompts of ``answer`` as one left-padded batch on the model's device:
-        ``input_ids``, ``attention_mask`` (B, T), ``pixel_values`` (None without images) and ``image_sizes``."""
+        """The generation prompts of ``answer`` and ``chat`` as one left-padded batch on the model's device:
+        ``input_ids``, ``attention_mask`` (B, T), ``pixel_values`` (None without images) and ``image_sizes``.
+
+        Each question is a string (one turn; ``format_prompt`` appended) or a conversation so far (LLaVA turns
+        ending with a human one). The image goes before the first question unless a turn holds ``<image>``."""
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions")
         samples, prepared = [], []
         for image, question in zip(images, questions):
-            text = with_format_prompt(question, format_prompt) if format_prompt else question
+            if isinstance(question, str):
+                question = [{"from": "human",
+                             "value": with_format_prompt(question, format_prompt) if format_prompt else question}]
+            turns = [dict(turn) for turn in question]
             counts = []
             if image is not None:
-                text = text if IMAGE in text else IMAGE + "\n" + text
+                if turns and not any(IMAGE in str(turn.get("value")) for turn in turns):
+                    turns[0]["value"] = IMAGE + "\n" + turns[0]["value"]
                 prepared.append(self.prepare_image(image, preprocess))
                 counts.append(prepared[-1]["n_tokens"])
-            samples.append(tokenize_conversation([{"from": "human", "value": text}], self.tokenizer,
-                                                 self.image_token_id, counts, template, for_generation=True))
+            samples.append(tokenize_conversation(turns, self.tokenizer, self.image_token_id, counts, template,
+                                                 for_generation=True))
         batch = pad_batch(samples, self.tokenizer.pad_token_id, padding_side="left")
         device = next(self.parameters()).device
         pixels = torch.cat([p["pixel_values"] for p in prepared]).to(device) if prepared else None
