@@ -32,7 +32,7 @@ from transformers import (
 
 # Llama's layout: <unk>=0, <s>=1, </s>=2; then the pad and image tokens LLaVA needs.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-BACKBONES_VERSION = 5  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
+BACKBONES_VERSION = 6  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000,
@@ -120,6 +120,7 @@ class BackboneSpec:
     lm_text_share: float = 0.15  # share of each LM batch that is plain toy text
     lm_caption_steps: int = 1000  # then this many more, with captions joining (a warm-up and decay of their own)
     lm_caption_share: float = 0.2  # their share of each batch then: a scene in words, then its caption
+    lm_hop_steps: int = 2500  # then this many more, captions kept, multiple choice's second hop joining
     lm_eval_every: int = 250  # score the text lookups every so many steps (0: never), into manifest.json
     probe_scenes: int = 100  # fresh scenes per probe question kind and object count (manifest.json)
     seed: int = 0
@@ -177,13 +178,14 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
 LOOKUP_SEEDS = 3 * 10**9  # scenes of the LM's lookups; the probes' held-out scenes start at 4 * 10**9
 
 
-def lookup_example(tokenizer, seed: int, n_things: int | None = None, kinds: Sequence[str] | None = None) -> dict:
-    """One text-lookup record (``toyworld.text_lookup_record``) of scene ``seed``, tokenized in the chat template
-    with labels on the answers only: ``{"input_ids", "labels"}``."""
+def lookup_example(tokenizer, seed: int, n_things: int | None = None, kinds: Sequence[str] | None = None,
+                   mix: Sequence[str] | None = None) -> dict:
+    """One text-lookup record (``toyworld.text_lookup_record``: questions of ``kinds``, or drawn from ``mix``) of
+    scene ``seed``, tokenized in the chat template with labels on the answers only: ``{"input_ids", "labels"}``."""
     from .prompts import prepare_tokenizer, tokenize_conversation
-    from .toyworld import make_scene, text_lookup_record
+    from .toyworld import TEXT_LOOKUP_MIX, make_scene, text_lookup_record
 
-    record = text_lookup_record(make_scene(seed, n_things), random.Random(seed), kinds)
+    record = text_lookup_record(make_scene(seed, n_things), random.Random(seed), kinds, mix=mix or TEXT_LOOKUP_MIX)
     return tokenize_conversation(record["conversations"], tokenizer, prepare_tokenizer(tokenizer))
 
 
@@ -204,69 +206,86 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
                             history: list | None = None) -> LlamaForCausalLM:
     """A tiny Llama that, like Vicuna, reads a context and answers from it.
 
-    For ``lm_steps``, each batch is ``lm_text_share`` plain toy text (next-token prediction on every token,
-    like a base LLM) and the rest text-lookup conversations (``toyworld.text_lookup_record``: a scene in words,
-    then questions in the chat template answered from it; loss on the answers). Then, for ``lm_caption_steps``,
-    ``lm_caption_share`` of each batch becomes scenes in words followed by their captions (``caption_example``;
-    loss on the caption). The plain text and the rest are averaged apart, so
-    the few answer tokens weigh as much as the many text tokens. Without the lookups the LM never learns to find
-    "the square" in its context and read out its colour, and LLaVA's stage 2 is far too short to grow that from
-    nothing; without the captions the lookups stay in text and never reach the image (docs/findings.md).
+    Three phases (``lm_phases``), each with its own optimizer, warm-up and decay. Every batch is
+    ``lm_text_share`` plain toy text (next-token prediction on every token, like a base LLM) and the rest
+    text-lookup conversations (``toyworld.text_lookup_record``: a scene in words, then questions in the chat
+    template answered from it; loss on the answers). From the second phase on, ``lm_caption_share`` of each
+    batch is scenes in words followed by their captions (``caption_example``; loss on the caption); the third
+    adds multiple choice's second hop (``toyworld.TEXT_LOOKUP_HOP_MIX``). Without the lookups the LM never
+    learns to find "the square" in its context and read out its colour, and LLaVA's stage 2 is far too short
+    to grow that from nothing; without the captions the lookups stay in text and never reach the image; with
+    the captions or the hop from the first step, the "is there ...?" lookup never forms (docs/findings.md).
 
-    The lookup forms suddenly after a plateau, so the build watches it: every ``lm_eval_every`` steps the
-    lookups are scored on fresh scenes by object count and kind, printed, and appended to ``history``.
+    The lookups form suddenly after a plateau, so the build watches them: every ``lm_eval_every`` steps they
+    are scored on fresh scenes by object count and kind, printed, and appended to ``history``.
     """
-    from .prompts import IGNORE_INDEX
-
     torch.manual_seed(spec.seed)
     lm = tiny_language_model(tokenizer, hidden_size=spec.lm_width, num_layers=spec.lm_layers,
                              num_heads=spec.lm_heads)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    eos = tokenizer.eos_token_id
     text_ids = [tokenizer(t)["input_ids"] + [eos] for t in texts]  # BOS text EOS
-    rng = random.Random(spec.seed)
-    n_text = round(spec.lm_batch_size * spec.lm_text_share)
-    lm.train()
-    step = 0
-    # Two phases, each with its own optimizer, warm-up and decay: first text and lookups alone, then captions
-    # join. Trained together from the start, the captions keep the "is there ...?" lookup from ever forming
-    # (docs/findings.md); added once it has formed, they leave it standing.
-    for steps, caption_share in ((spec.lm_steps, 0.0), (spec.lm_caption_steps, spec.lm_caption_share)):
-        if not steps:
-            continue
-        optimizer = torch.optim.AdamW(lm.parameters(), lr=spec.lm_lr, weight_decay=0.01, betas=(0.9, 0.98))
-        schedule = _warmup_cosine(optimizer, steps)
-        n_captions = round(spec.lm_batch_size * caption_share)
-        bar = tqdm(range(steps), desc="pretrain language model" + (", with captions" if n_captions else ""),
-                   disable=not progress)
-        for _ in bar:
-            if spec.lm_eval_every and step % spec.lm_eval_every == 0 and step:
-                accuracy = text_lookup_accuracy(lm, tokenizer, 20, seed=1)
-                lm.train()
-                if history is not None:
-                    history.append({"step": step, **{k: round(v, 3) for k, v in accuracy.items()}})
-                bar.write(f"step {step}: text lookups " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
-            rows = [{"input_ids": ids, "labels": ids}
-                    for ids in rng.sample(text_ids, k=min(n_text, len(text_ids)))]
-            texts_in_batch = len(rows)
-            rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8)) for _ in range(n_captions)]
-            rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8))
-                     for _ in range(spec.lm_batch_size - len(rows))]
-            input_ids, labels = _pad_rows(rows, pad)
-            logits = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits[:, :-1]  # (B, T-1, V)
-            targets = labels[:, 1:]
-            per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(),
-                                                          ignore_index=IGNORE_INDEX, reduction="none")
-            per_token, counted = per_token.view(targets.shape), (targets != IGNORE_INDEX).float()
-            loss = sum((per_token[part] * counted[part]).sum() / counted[part].sum().clamp(min=1)
-                       for part in (slice(0, texts_in_batch), slice(texts_in_batch, None)))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            step += 1
+    rng, step = random.Random(spec.seed), 0
+    for name, steps, caption_share, mix in lm_phases(spec):
+        step = train_language_model_phase(lm, tokenizer, text_ids, spec, name, steps, caption_share, mix, rng,
+                                          step, progress, history)
     return lm.eval()
+
+
+def lm_phases(spec: BackboneSpec) -> list[tuple[str, int, float, tuple[str, ...]]]:
+    """The LM's pretraining phases: ``(name, steps, caption share, lookup question mix)``."""
+    from .toyworld import TEXT_LOOKUP_HOP_MIX, TEXT_LOOKUP_MIX
+
+    return [("lookups", spec.lm_steps, 0.0, TEXT_LOOKUP_MIX),
+            ("+ captions", spec.lm_caption_steps, spec.lm_caption_share, TEXT_LOOKUP_MIX),
+            ("+ option hop", spec.lm_hop_steps, spec.lm_caption_share, TEXT_LOOKUP_HOP_MIX)]
+
+
+def train_language_model_phase(lm, tokenizer, text_ids: Sequence[list[int]], spec: BackboneSpec, name: str,
+                               steps: int, caption_share: float, mix: Sequence[str], rng: random.Random,
+                               step: int = 0, progress: bool = True, history: list | None = None) -> int:
+    """``steps`` steps of one pretraining phase of ``pretrain_language_model`` (``rng`` draws the batches;
+    ``step`` counts on from the phases before). Returns the step count after it."""
+    from .prompts import IGNORE_INDEX
+
+    if not steps:
+        return step
+    pad = tokenizer.pad_token_id
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=spec.lm_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    schedule = _warmup_cosine(optimizer, steps)
+    n_text = round(spec.lm_batch_size * spec.lm_text_share)
+    n_captions = round(spec.lm_batch_size * caption_share)
+    lm.train()
+    bar = tqdm(range(steps), desc=f"pretrain language model ({name})", disable=not progress)
+    for _ in bar:
+        if spec.lm_eval_every and step % spec.lm_eval_every == 0 and step:
+            accuracy = text_lookup_accuracy(lm, tokenizer, 20, seed=1)
+            lm.train()
+            if history is not None:
+                history.append({"step": step, **{k: round(v, 3) for k, v in accuracy.items()}})
+            bar.write(f"step {step}: text lookups " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
+        rows = [{"input_ids": ids, "labels": ids} for ids in rng.sample(text_ids, k=min(n_text, len(text_ids)))]
+        texts_in_batch = len(rows)
+        rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8)) for _ in range(n_captions)]
+        rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), mix=mix)
+                 for _ in range(spec.lm_batch_size - len(rows))]
+        input_ids, labels = _pad_rows(rows, pad)
+        logits = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits[:, :-1]  # (B, T-1, V)
+        targets = labels[:, 1:]
+        per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                                      ignore_index=IGNORE_INDEX, reduction="none")
+        per_token, counted = per_token.view(targets.shape), (targets != IGNORE_INDEX).float()
+        # The plain text and the rest are averaged apart, so the few answer tokens weigh as much as the many
+        # text tokens.
+        loss = sum((per_token[part] * counted[part]).sum() / counted[part].sum().clamp(min=1)
+                   for part in (slice(0, texts_in_batch), slice(texts_in_batch, None)))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        step += 1
+    return step
 
 
 @torch.no_grad()
@@ -444,8 +463,9 @@ def toy_backbones(spec: BackboneSpec | None = None, progress: bool = True) -> tu
 
 
 def toy_setup(train_images: int = 5000, eval_images: int = 200, seed: int = 0, fast: bool = False,
-              progress: bool = True) -> tuple[Path, Path, Path]:
-    """The toy world (generated once, then reused from the cache) and the shipped toy backbones.
+              progress: bool = True, backbones: str | Path | None = None) -> tuple[Path, Path, Path]:
+    """The toy world (generated once, then reused from the cache) and the toy backbones: the shipped ones, or
+    ``backbones``, a folder written by ``minillava backbones build``.
 
     Returns ``(world, vision_dir, llm_dir)``. ``fast``: 200 training images (for checking the pipeline, not
     for results).
@@ -456,6 +476,9 @@ def toy_setup(train_images: int = 5000, eval_images: int = 200, seed: int = 0, f
         train_images, eval_images = 200, 8
     world = write_world(cache_dir() / f"world-{train_images}-{eval_images}-{seed}", train_images, eval_images, seed,
                         progress=progress)
+    if backbones is not None:
+        read_manifest(backbones)  # a clear error if the folder is not a build
+        return world, Path(backbones) / "vision", Path(backbones) / "llm"
     return (world, *toy_backbones(progress=progress))
 
 

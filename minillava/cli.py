@@ -14,16 +14,14 @@ from .trainer import Recipe, load_connector, train
 
 def run_toy(args: argparse.Namespace) -> None:
     """The main job: toy world -> backbones -> stage 1 -> stage 2 -> evaluation -> report."""
-    from .backbones import read_manifest, toy_setup
+    from .backbones import toy_setup
     from .toy import toy_recipes, train_toy
     from .toyreport import answer_attention, evaluate_toy, failure_notes, probe_vision_features, write_report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    world, vision_dir, llm_dir = toy_setup(args.train_images, args.eval_images, args.seed, fast=args.fast)
-    if args.backbones:  # a folder written by `minillava backbones build`
-        read_manifest(args.backbones)
-        vision_dir, llm_dir = Path(args.backbones) / "vision", Path(args.backbones) / "llm"
+    world, vision_dir, llm_dir = toy_setup(args.train_images, args.eval_images, args.seed, fast=args.fast,
+                                           backbones=args.backbones)
     print(f"backbones: {vision_dir.parent}")
     torch.manual_seed(args.seed)  # the connector's initialisation
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=args.connector)
@@ -185,7 +183,7 @@ def backbones_build(args: argparse.Namespace) -> None:
             raise SystemExit(f"--set {key}: expected a {kind.__name__}, got {value!r}") from None
     if args.tiny:  # the same code at a tiny budget: checks the build end to end in seconds
         spec.corpus_scenes, spec.tower_scenes, spec.vision_steps, spec.probe_scenes = 200, 50, 3, 10
-        spec.lm_steps, spec.lm_caption_steps = 3, 2
+        spec.lm_steps, spec.lm_caption_steps, spec.lm_hop_steps = 3, 2, 2
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:
         raise SystemExit(f"{out} already holds built backbones; pass --force to replace them")

@@ -233,10 +233,14 @@ def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image:
 _OBJECT_WORDINGS = ("a {size} {colour} {shape}", "a {colour} {shape}", "one {colour} {shape}")
 _SCENE_OPENERS = ("There is {objects}.", "I see {objects}.", "The picture shows {objects}.", "{Objects}.",
                   "Here we have {objects}.")
-TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long")
+TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long", "option")
 # The kinds a record's questions are drawn from: the two that need binding (find the named object, read out its
 # other attribute) twice as often as the rest.
-TEXT_LOOKUP_MIX = ("colour", "shape") * 2 + TEXT_LOOKUP_KINDS[2:]
+TEXT_LOOKUP_MIX = ("colour", "shape") * 2 + ("count", "pope", "choice", "where", "colour_long", "shape_long")
+# The LM's last pretraining phase adds multiple choice's second hop on its own ("option": which option line names
+# this colour?) and asks the full multiple-choice question more often. From the first step, these kinds kept the
+# "is there" lookup from forming; added once it has formed, they leave it standing (docs/findings.md).
+TEXT_LOOKUP_HOP_MIX = TEXT_LOOKUP_MIX + ("choice", "option") * 2
 
 
 def text_scene(scene: Scene, rng: random.Random, positions: bool = False) -> str:
@@ -255,7 +259,8 @@ def text_scene(scene: Scene, rng: random.Random, positions: bool = False) -> str
 def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
     """One question about a scene and its answer, worded as the image tasks word it (``short_qa``, ``pope_qa``,
     ``choice_qa``, the conversation's "Where is"), with the response-format prompt the image tasks use; the
-    ``*_long`` kinds ask without a format prompt and answer in a sentence."""
+    ``*_long`` kinds ask without a format prompt and answer in a sentence; ``option`` gives the colour and asks
+    only for its option letter (multiple choice's second hop)."""
     t = rng.choice(scene.things)
     if kind in ("colour", "shape", "count"):
         q, a = short_qa(scene, rng, kind, t)
@@ -268,21 +273,26 @@ def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, st
         return with_format_prompt(q, MULTIPLE_CHOICE), a
     if kind == "where":
         return with_format_prompt(f"Where is the {t.name}?", SHORT_ANSWER), where(t, scene)
+    if kind == "option":  # multiple choice's second hop alone: the colour is given, find its option line
+        options = rng.sample(list(COLOURS), k=4)
+        lines = "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(options))
+        answer = "ABCD"[options.index(t.colour)]
+        return with_format_prompt(f"Which option is {t.colour}?\n{lines}", MULTIPLE_CHOICE), answer
     if kind == "colour_long":
         return f"What colour is the {t.shape}?", f"The {t.shape} is {t.colour}."
     return f"What shape is the {t.colour} object?", f"The {t.colour} object is a {t.shape}."  # shape_long
 
 
 def text_lookup_record(scene: Scene, rng: random.Random, kinds: Sequence[str] | None = None,
-                       questions: tuple[int, int] = (1, 3)) -> dict:
+                       questions: tuple[int, int] = (1, 3), mix: Sequence[str] = TEXT_LOOKUP_MIX) -> dict:
     """A text-only conversation: the scene in words, then questions answered from those words (``kinds``, or
-    between ``questions[0]`` and ``questions[1]`` of them drawn from ``TEXT_LOOKUP_MIX``).
+    between ``questions[0]`` and ``questions[1]`` of them drawn from ``mix``).
 
     Shaped like a stage-2 record with the text where the ``<image>`` marker would be, so the LM learns in text
     the skill the image tasks need: find the object the question names, and read out its other attribute.
     Several questions about one scene give several lookups for one read of it (LLaVA's multi-turn records).
     """
-    kinds = list(kinds or [rng.choice(TEXT_LOOKUP_MIX) for _ in range(rng.randint(*questions))])
+    kinds = list(kinds or [rng.choice(mix) for _ in range(rng.randint(*questions))])
     pairs = [text_lookup_qa(scene, rng, kind) for kind in kinds]
     context = text_scene(scene, rng, positions="where" in kinds)
     conv = []
