@@ -22,13 +22,14 @@ import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, is_initialized
 from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -289,6 +290,25 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32)
     return _PEAK[key]
 
 
+def _accelerator(recipe: Recipe) -> tuple[Accelerator, AbstractContextManager]:
+    """The run's ``Accelerator`` and the autocast its forward passes run under.
+
+    accelerate keeps one mixed precision per process and refuses a second. A notebook that trains stage 1 in
+    fp32 and then stage 2 in bf16 keeps accelerate's fp32 and autocasts stage 2's forward to bf16 itself (bf16
+    needs no loss scaler); other changes of precision need a new process.
+    """
+    held = AcceleratorState().mixed_precision if is_initialized() else None
+    if held in (None, recipe.mixed_precision):
+        return Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+                           mixed_precision=recipe.mixed_precision), nullcontext()
+    if (held, recipe.mixed_precision) == ("no", "bf16"):
+        accelerator = Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation_steps)
+        return accelerator, torch.autocast(accelerator.device.type, dtype=torch.bfloat16)
+    raise RuntimeError(f"this process already trained with mixed_precision={held!r}, and accelerate keeps one "
+                       f"precision per process: run the recipe with mixed_precision={recipe.mixed_precision!r} in a "
+                       "new process (`minillava train ...`, or restart the notebook's kernel)")
+
+
 def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool = False,
           progress: bool = True, stop_after: int | None = None) -> list[dict]:
     """Run one stage of ``recipe`` on ``model`` and write its outputs to ``output_dir``.
@@ -304,12 +324,7 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
     anything of that step is saved), and ``RecordError`` when the data holds no usable record.
     """
     output_dir = Path(output_dir)
-    # accelerate keeps one state per process and refuses a second precision: a notebook that runs stage 1 in
-    # fp32 and stage 2 in bf16 would need a kernel restart. Forget the old precision (the process group stays).
-    if AcceleratorState._shared_state.get("_mixed_precision", recipe.mixed_precision) != recipe.mixed_precision:
-        AcceleratorState._reset_state()
-    accelerator = Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation_steps,
-                              mixed_precision=recipe.mixed_precision)
+    accelerator, autocast = _accelerator(recipe)
     set_seed(recipe.seed)
     if recipe.lora_r:
         if recipe.stage != 2:
@@ -392,8 +407,9 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
             skipped.update(batch.pop("skipped"))
             with accelerator.accumulate(model):
                 if batch["input_ids"] is not None:  # None: every sample of this micro-batch was skipped
-                    loss = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
-                                 batch["labels"], image_sizes=batch["image_sizes"]).loss
+                    with autocast:
+                        loss = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
+                                     batch["labels"], image_sizes=batch["image_sizes"]).loss
                     accelerator.backward(loss)
                     losses.append(loss.detach())
                     tokens += int(batch["attention_mask"].sum())

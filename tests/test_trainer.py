@@ -290,10 +290,28 @@ def test_torch_compile_option_trains_and_saves(model, world, tmp_path):
 
 def test_stages_in_different_precisions_in_one_process(model, world, tmp_path):
     """A notebook trains stage 1 in fp32 and stage 2 in bf16 without restarting (accelerate keeps one state)."""
+    dtypes = []
+    hook = model.connector.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     train(recipe(world, 1, mixed_precision="no"), model, tmp_path / "fp32", progress=False)
+    stage1, dtypes[:] = set(dtypes), []
     metrics = train(recipe(world, 2, mixed_precision="bf16"), model, tmp_path / "bf16", progress=False)
+    hook.remove()
     assert len(metrics) == 3 and all(m["loss"] > 0 for m in metrics)
+    assert stage1 == {torch.float32} and set(dtypes) == {torch.bfloat16}  # stage 2 really ran in bf16
     assert json.loads((tmp_path / "bf16" / "recipe.json").read_text())["mixed_precision"] == "bf16"
+
+
+def test_a_change_of_precision_accelerate_cannot_make_is_named(model, world, tmp_path, monkeypatch):
+    """A process whose accelerate state holds bf16 cannot train in fp32: a clear error, before any step."""
+    import types
+
+    import minillava.trainer as trainer
+
+    monkeypatch.setattr(trainer, "is_initialized", lambda: True)
+    monkeypatch.setattr(trainer, "AcceleratorState", lambda: types.SimpleNamespace(mixed_precision="bf16"))
+    with pytest.raises(RuntimeError, match="mixed_precision='bf16'.*new process"):
+        train(recipe(world, 1, mixed_precision="no"), model, tmp_path / "fp32", progress=False)
+    assert not (tmp_path / "fp32" / "metrics.jsonl").exists()
 
 
 def test_plan_counts_the_flops_the_trainer_counts(model, world, monkeypatch):
