@@ -45,13 +45,14 @@ def test_shipped_backbones_match_the_code_and_stay_small():
 
 def test_shipped_lm_answers_text_lookups_on_fresh_scenes(shipped):
     """The LM reads a context and answers from it (what Vicuna brings): the colour of the named shape and the
-    shape of the named colour (short and long answers) and how many, >= 98% with one, two and three objects, on
-    scenes the build's own probe did not use (another seed). "Is there a ...?", multiple-choice letters and
-    "where" are not there yet in the shipped build (manifest.json has their numbers), so they are not asserted."""
+    shape of the named colour (short and long answers), how many, the multiple-choice letter and its second hop
+    alone, >= 98% with one, two and three objects, and "is there a ...?" >= 95%, on scenes the build's own probe
+    did not use (another seed). "Where" is not there yet (manifest.json has its number), so it is not asserted."""
     _, lm, tokenizer = shipped
-    accuracy = text_lookup_accuracy(lm, tokenizer, n_scenes=30, seed=7,
-                                    kinds=("colour", "shape", "count", "colour_long", "shape_long"))
+    accuracy = text_lookup_accuracy(lm, tokenizer, n_scenes=30, seed=7, kinds=(
+        "colour", "shape", "count", "colour_long", "shape_long", "choice", "option"))
     assert min(accuracy[f"{n} object{'s' if n > 1 else ''}"] for n in (1, 2, 3)) >= 0.98, accuracy
+    assert text_lookup_accuracy(lm, tokenizer, n_scenes=30, seed=7, kinds=("pope",))["pope"] >= 0.95
 
 
 def test_text_lookup_accuracy_can_fail(shipped):

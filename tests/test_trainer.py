@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -104,7 +105,8 @@ def test_toy_recipes_are_the_package_yaml_files(tmp_path, monkeypatch):
                                                      image_folder=stage1.image_folder))
     edited = tmp_path / "recipes"
     shutil.copytree(toy.RECIPES, edited)
-    text = (edited / "toy-stage2.yaml").read_text().replace("learning_rate: 3.0e-4", "learning_rate: 5.0e-4")
+    text, n = re.subn(r"\nlearning_rate: .*", "\nlearning_rate: 5.0e-4", (edited / "toy-stage2.yaml").read_text())
+    assert n == 1
     (edited / "toy-stage2.yaml").write_text(text)
     monkeypatch.setattr(toy, "RECIPES", edited)
     assert toy_recipes(tmp_path / "world")[1].learning_rate == 5e-4 != stage2.learning_rate
