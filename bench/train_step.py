@@ -87,6 +87,9 @@ def memory_of(name: str, folder: Path) -> dict:
         gc.collect()
         model = LlavaForConditionalGeneration.from_pretrained(folder / "hf")
     step = make_step(name, model, batch)
+    with torch.no_grad():  # page in every weight first: from_pretrained may map the file and read it lazily,
+        for p in model.parameters():  # which would count the weights as training memory
+            p.sum()
     gc.collect()
     before, peak, done = rss_mb(), [0.0], threading.Event()
 

@@ -40,6 +40,12 @@ def test_train_step_runs(toy_cache):
     assert len(losses) == 3 and max(losses) - min(losses) < 1e-5  # the same weights, batch and loss
 
 
+def test_step_breakdown_runs(toy_cache):
+    """The breakdown's tower-up-to-the-kept-layer equals the model's own features (asserted inside the script)."""
+    out = run_bench("step_breakdown.py", "--size", "toy", "--vocab", "4000", "--repeats", "1", cache=toy_cache)
+    assert "| tower, up to the kept layer |" in out and "unused tower work" in out
+
+
 def test_generate_runs(toy_cache):
     out = run_bench("generate.py", "--size", "toy", "--repeats", "1", "--new-tokens", "3", "--batches", "1,2",
                     cache=toy_cache)
