@@ -1,7 +1,9 @@
 """Shared by the benchmarks: a random MiniLlava of a chosen size, the same weights as transformers' Llava,
 and batches with padding, two image sizes and a text-only row. Random weights: speed does not depend on them."""
 
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -73,3 +75,15 @@ def generation_batch(model: MiniLlava, rows: int) -> dict:
     image = Image.new("RGB", (model.encoder.image_size,) * 2, (30, 120, 200))
     batch["pixel_values"] = torch.cat([model.prepare_image(image, "pad")["pixel_values"]] * rows)
     return batch
+
+
+def alternating_medians(contenders: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each contender (a no-argument callable), run in turns ``repeats`` times, so that the
+    machine's drift falls on all of them alike. Warm them up first."""
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -14,12 +14,10 @@ Writes bench/results/stage1.json.
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from _models import SIZES, build, training_batch
+from _models import SIZES, alternating_medians, build, training_batch
 
 from minillava.trainer import set_trainable
 
@@ -57,14 +55,8 @@ def main() -> None:
     model.train()
     for step in variants.values():
         step()  # warm-up
-    times = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, step in variants.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
     rows = len(batch["input_ids"])
-    per_sample = {name: statistics.median(t) / rows for name, t in times.items()}
+    per_sample = {name: t / rows for name, t in alternating_medians(variants, args.repeats).items()}
     print(f"size {args.size}, batch of {rows} ({batch['input_ids'].shape[1]} positions), {args.repeats} alternating "
           f"repeats, threads {torch.get_num_threads()}")
     print("| variant | ms per sample | speed-up over stage 2 |")

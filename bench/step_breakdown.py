@@ -16,12 +16,10 @@ Writes bench/results/step_breakdown-<size>.json.
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from _models import SIZES, build, training_batch
+from _models import SIZES, alternating_medians, build, training_batch
 from train_step import make_step
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,13 +68,7 @@ def main() -> None:
              "splice (masked_scatter)": splice, "features cast to bf16": cast_to_bf16}
     for part in parts.values():  # warm-up
         part()
-    times = {name: [] for name in parts}
-    for _ in range(args.repeats):
-        for name, part in parts.items():
-            start = time.perf_counter()
-            part()
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = alternating_medians(parts, args.repeats)
     step = medians["training step"]
     n_layers = len(ours.encoder.tower.encoder.layers)
     print(f"size {args.size}, vocabulary {ours.lm.config.vocab_size}, tower of {n_layers} layers, "

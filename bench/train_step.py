@@ -14,7 +14,6 @@ bench/results/train_step-<size>.json.
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from _models import SIZES, build, training_batch
+from _models import SIZES, alternating_medians, build, training_batch
 from transformers import LlavaForConditionalGeneration
 
 from minillava.model import MiniLlava
@@ -127,13 +126,7 @@ def main() -> None:
     steps = {"minillava": make_step("minillava", ours, batch), "transformers": make_step("transformers", theirs, batch),
              CONTENDERS[2]: make_step(CONTENDERS[2], theirs_too, batch)}
     first = {name: step() for name, step in steps.items()}  # warm-up; same weights -> same loss
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = alternating_medians(steps, args.repeats)
     memory = {}
     for name in steps:
         out = subprocess.run([sys.executable, __file__, "--memory-of", name, "--folder", str(folder)],
