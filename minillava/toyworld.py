@@ -169,11 +169,16 @@ def pope_qa(scene: Scene, rng: random.Random, present: bool | None = None) -> tu
     return f"Is there a {name} in the image?", "yes" if present else "no"
 
 
+def colour_options(colour: str, rng: random.Random) -> tuple[str, str]:
+    """Four option lines ("A. red" ...) of colours drawn with ``rng``, one of them ``colour``, and its letter."""
+    options = rng.sample(list(COLOURS), k=4)
+    return "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(options)), "ABCD"[options.index(colour)]
+
+
 def choice_qa(scene: Scene, rng: random.Random) -> tuple[str, str]:
     t = rng.choice(scene.things)
-    options = rng.sample(list(COLOURS), k=4)
-    lines = "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(options))
-    return f"What colour is the {t.shape}?\n{lines}", "ABCD"[options.index(t.colour)]
+    lines, letter = colour_options(t.colour, rng)
+    return f"What colour is the {t.shape}?\n{lines}", letter
 
 
 TEXT_ONLY = [("Which shape has three corners?", "A triangle has three corners."),
@@ -274,10 +279,8 @@ def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, st
     if kind == "where":
         return with_format_prompt(f"Where is the {t.name}?", SHORT_ANSWER), where(t, scene)
     if kind == "option":  # multiple choice's second hop alone: the colour is given, find its option line
-        options = rng.sample(list(COLOURS), k=4)
-        lines = "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(options))
-        answer = "ABCD"[options.index(t.colour)]
-        return with_format_prompt(f"Which option is {t.colour}?\n{lines}", MULTIPLE_CHOICE), answer
+        lines, letter = colour_options(t.colour, rng)
+        return with_format_prompt(f"Which option is {t.colour}?\n{lines}", MULTIPLE_CHOICE), letter
     if kind == "colour_long":
         return f"What colour is the {t.shape}?", f"The {t.shape} is {t.colour}."
     return f"What shape is the {t.colour} object?", f"The {t.colour} object is a {t.shape}."  # shape_long
