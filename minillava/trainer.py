@@ -21,8 +21,8 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 
