@@ -282,7 +282,7 @@ def plot_examples(results: dict[str, dict], images: Path, path: Path) -> None:
         ax.set_yticks([])
     fig.suptitle("Held-out examples: one question per task, the model's answer and the reference")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # the labels under wide images fall outside the axes
 
 
 def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = None,
