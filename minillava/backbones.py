@@ -32,7 +32,7 @@ from transformers import (
 
 # Llama's layout: <unk>=0, <s>=1, </s>=2; then the pad and image tokens LLaVA needs.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-BACKBONES_VERSION = 6  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
+BACKBONES_VERSION = 7  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000,
@@ -107,7 +107,7 @@ class BackboneSpec:
     vision_width: int = 96
     vision_layers: int = 4
     tower_scenes: int = 6000  # scenes the tower pretrains on (each gives a padded whole view and a close-up)
-    vision_steps: int = 8000
+    vision_steps: int = 16000  # with the place label, 8,000 left the toy run counting 77% (docs/findings.md)
     vision_batch_size: int = 16
     vision_lr: float = 2e-3
     centre_weight: float = 1.0  # keep the tower's layer -2 features centred (see pretrain_vision_tower)
@@ -121,6 +121,8 @@ class BackboneSpec:
     lm_caption_steps: int = 1000  # then this many more, with captions joining (a warm-up and decay of their own)
     lm_caption_share: float = 0.2  # their share of each batch then: a scene in words, then its caption
     lm_hop_steps: int = 2500  # then this many more, captions kept, multiple choice's second hop joining
+    lm_position_steps: int = 2000  # then this many more, with each object and its place in one new token
+    lm_position_share: float = 0.75  # the share of scenes in words that tell where their objects are then
     lm_eval_every: int = 250  # score the text lookups every so many steps (0: never), into manifest.json
     probe_scenes: int = 100  # fresh scenes per probe question kind and object count (manifest.json)
     seed: int = 0
@@ -135,7 +137,7 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
     """A tiny CLIP vision tower pretrained to say what lies under each of its patches.
 
     ``images`` are square; ``labels`` is ``(images, patches, attributes)``: for each patch the class index of
-    each attribute of what lies under it (the toy world's colour, shape, size and character), -100 where there is
+    each attribute of what lies under it (the toy world's colour, shape, size, character and place), -100 where there is
     nothing to say; ``classes[i]`` is how many values attribute i has. One linear head per attribute reads every
     patch feature of the layer LLaVA uses (-2) and is trained with cross-entropy, plus a small penalty that keeps
     the features centred (measured with the earlier tagging objective: with it, a tiny LM learned to bind colours
@@ -179,26 +181,28 @@ LOOKUP_SEEDS = 3 * 10**9  # scenes of the LM's lookups; the probes' held-out sce
 
 
 def lookup_example(tokenizer, seed: int, n_things: int | None = None, kinds: Sequence[str] | None = None,
-                   mix: Sequence[str] | None = None) -> dict:
+                   mix: Sequence[str] | None = None, positions: float = 0.0) -> dict:
     """One text-lookup record (``toyworld.text_lookup_record``: questions of ``kinds``, or drawn from ``mix``) of
     scene ``seed``, tokenized in the chat template with labels on the answers only: ``{"input_ids", "labels"}``."""
     from .prompts import prepare_tokenizer, tokenize_conversation
     from .toyworld import TEXT_LOOKUP_MIX, make_scene, text_lookup_record
 
-    record = text_lookup_record(make_scene(seed, n_things), random.Random(seed), kinds, mix=mix or TEXT_LOOKUP_MIX)
+    record = text_lookup_record(make_scene(seed, n_things), random.Random(seed), kinds, mix=mix or TEXT_LOOKUP_MIX,
+                                positions=positions)
     return tokenize_conversation(record["conversations"], tokenizer, prepare_tokenizer(tokenizer))
 
 
-def caption_example(tokenizer, seed: int) -> dict:
+def caption_example(tokenizer, seed: int, positions: bool = False) -> dict:
     """A scene told in words, a new line, then its caption, with labels on the caption only: the text form of
     a stage-1 sample (``<image>`` + caption, the ``plain`` template), so the LM learns to describe what its
-    context holds before the connector has to make image patches read like that context."""
+    context holds before the connector has to make image patches read like that context. ``positions``: the
+    scene and its caption tell where each object is."""
     from .prompts import IGNORE_INDEX
     from .toyworld import caption, make_scene, text_scene
 
     scene = make_scene(seed)
-    context = tokenizer(text_scene(scene, random.Random(seed)) + "\n")["input_ids"]  # BOS + the scene in words
-    answer = tokenizer(caption(scene) + "\n", add_special_tokens=False)["input_ids"]
+    context = tokenizer(text_scene(scene, random.Random(seed), positions) + "\n")["input_ids"]  # BOS + scene
+    answer = tokenizer(caption(scene, positions) + "\n", add_special_tokens=False)["input_ids"]
     return {"input_ids": context + answer, "labels": [IGNORE_INDEX] * len(context) + answer}
 
 
@@ -206,15 +210,18 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
                             history: list | None = None) -> LlamaForCausalLM:
     """A tiny Llama that, like Vicuna, reads a context and answers from it.
 
-    Three phases (``lm_phases``), each with its own optimizer, warm-up and decay. Every batch is
+    Four phases (``lm_phases``), each with its own optimizer, warm-up and decay. Every batch is
     ``lm_text_share`` plain toy text (next-token prediction on every token, like a base LLM) and the rest
     text-lookup conversations (``toyworld.text_lookup_record``: a scene in words, then questions in the chat
     template answered from it; loss on the answers). From the second phase on, ``lm_caption_share`` of each
     batch is scenes in words followed by their captions (``caption_example``; loss on the caption); the third
-    adds multiple choice's second hop (``toyworld.TEXT_LOOKUP_HOP_MIX``). Without the lookups the LM never
-    learns to find "the square" in its context and read out its colour, and LLaVA's stage 2 is far too short
-    to grow that from nothing; without the captions the lookups stay in text and never reach the image; with
-    the captions or the hop from the first step, the "is there ...?" lookup never forms (docs/findings.md).
+    adds multiple choice's second hop (``toyworld.TEXT_LOOKUP_HOP_MIX``); the fourth names each object and its
+    place with one new token (``add_position_tokens``), as a patch holds both, and asks where things are.
+    Without the lookups the LM never learns to find "the square" in its context and read out its colour, and
+    LLaVA's stage 2 is far too short to grow that from nothing; without the captions the lookups stay in text
+    and never reach the image; with the captions or the hop from the first step, the "is there ...?" lookup
+    never forms; without the place in the object's token, the LM never reads a place off an image
+    (docs/findings.md).
 
     The lookups form suddenly after a plateau, so the build watches them: every ``lm_eval_every`` steps they
     are scored on fresh scenes by object count and kind, printed, and appended to ``history``.
@@ -222,29 +229,55 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
     torch.manual_seed(spec.seed)
     lm = tiny_language_model(tokenizer, hidden_size=spec.lm_width, num_layers=spec.lm_layers,
                              num_heads=spec.lm_heads)
-    eos = tokenizer.eos_token_id
-    text_ids = [tokenizer(t)["input_ids"] + [eos] for t in texts]  # BOS text EOS
     rng, step = random.Random(spec.seed), 0
-    for name, steps, caption_share, mix in lm_phases(spec):
+    for name, steps, caption_share, mix, positions in lm_phases(spec):
+        if positions and steps:
+            add_position_tokens(tokenizer, lm)
+        text_ids = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]  # BOS text EOS
         step = train_language_model_phase(lm, tokenizer, text_ids, spec, name, steps, caption_share, mix, rng,
-                                          step, progress, history)
+                                          step, progress, history, positions)
     return lm.eval()
 
 
-def lm_phases(spec: BackboneSpec) -> list[tuple[str, int, float, tuple[str, ...]]]:
-    """The LM's pretraining phases: ``(name, steps, caption share, lookup question mix)``."""
-    from .toyworld import TEXT_LOOKUP_HOP_MIX, TEXT_LOOKUP_MIX
+def add_position_tokens(tokenizer, lm) -> None:
+    """Grow the vocabulary by one token per coloured shape and place (``toyworld.object_phrases``), as a
+    pretrained LLM's vocabulary is grown for new markup. Each new row of the embeddings and of the LM head
+    starts as the sum of what the LM already knows: the coloured shape's token plus the mean of the place's
+    words (" top", " left"), so the lookups it has learnt read the new tokens from the first step."""
+    from .toyworld import object_phrases
 
-    return [("lookups", spec.lm_steps, 0.0, TEXT_LOOKUP_MIX),
-            ("+ captions", spec.lm_caption_steps, spec.lm_caption_share, TEXT_LOOKUP_MIX),
-            ("+ option hop", spec.lm_hop_steps, spec.lm_caption_share, TEXT_LOOKUP_HOP_MIX)]
+    old = len(tokenizer)
+    phrases = object_phrases(positions=True)
+    tokenizer.add_tokens([AddedToken(" " + phrase, normalized=False) for phrase in phrases])
+    lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for i, phrase in enumerate(phrases):
+            obj, place = phrase.split(" at the ")
+            obj_id = tokenizer.convert_tokens_to_ids(" " + obj)
+            place_ids = tokenizer(" " + place, add_special_tokens=False)["input_ids"]
+            for rows in (lm.get_input_embeddings().weight, lm.get_output_embeddings().weight):
+                rows[old + i] = rows[obj_id] + rows[place_ids].mean(0)
+
+
+def lm_phases(spec: BackboneSpec) -> list[tuple[str, int, float, tuple[str, ...], float]]:
+    """The LM's pretraining phases: ``(name, steps, caption share, lookup question mix, share of scenes that
+    tell where their objects are)``; a phase with positions first grows the vocabulary (``add_position_tokens``)."""
+    from .toyworld import TEXT_LOOKUP_HOP_MIX, TEXT_LOOKUP_MIX, TEXT_LOOKUP_POSITION_MIX
+
+    return [("lookups", spec.lm_steps, 0.0, TEXT_LOOKUP_MIX, 0.0),
+            ("+ captions", spec.lm_caption_steps, spec.lm_caption_share, TEXT_LOOKUP_MIX, 0.0),
+            ("+ option hop", spec.lm_hop_steps, spec.lm_caption_share, TEXT_LOOKUP_HOP_MIX, 0.0),
+            ("+ positions", spec.lm_position_steps, spec.lm_caption_share, TEXT_LOOKUP_POSITION_MIX,
+             spec.lm_position_share)]
 
 
 def train_language_model_phase(lm, tokenizer, text_ids: Sequence[list[int]], spec: BackboneSpec, name: str,
                                steps: int, caption_share: float, mix: Sequence[str], rng: random.Random,
-                               step: int = 0, progress: bool = True, history: list | None = None) -> int:
+                               step: int = 0, progress: bool = True, history: list | None = None,
+                               positions: float = 0.0) -> int:
     """``steps`` steps of one pretraining phase of ``pretrain_language_model`` (``rng`` draws the batches;
-    ``step`` counts on from the phases before). Returns the step count after it."""
+    ``step`` counts on from the phases before; ``positions``: the share of scenes in words that tell where their
+    objects are, and every caption does then). Returns the step count after it."""
     from .prompts import IGNORE_INDEX
 
     if not steps:
@@ -265,8 +298,9 @@ def train_language_model_phase(lm, tokenizer, text_ids: Sequence[list[int]], spe
             bar.write(f"step {step}: text lookups " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
         rows = [{"input_ids": ids, "labels": ids} for ids in rng.sample(text_ids, k=min(n_text, len(text_ids)))]
         texts_in_batch = len(rows)
-        rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8)) for _ in range(n_captions)]
-        rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), mix=mix)
+        rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), positions > 0)
+                 for _ in range(n_captions)]
+        rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), mix=mix, positions=positions)
                  for _ in range(spec.lm_batch_size - len(rows))]
         input_ids, labels = _pad_rows(rows, pad)
         logits = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits[:, :-1]  # (B, T-1, V)
@@ -384,12 +418,12 @@ def build_backbones(out: str | Path, spec: BackboneSpec | None = None, progress:
     import subprocess
     import time
 
-    from .toyworld import ATTRIBUTES, COLOURS, SHAPES, WORLD_VERSION, building_folder, language_corpus, move_into_place
+    from .toyworld import ATTRIBUTES, WORLD_VERSION, building_folder, language_corpus, move_into_place, object_phrases
 
     spec, out, started = spec or BackboneSpec(), Path(out), time.time()
     texts = language_corpus(spec.corpus_scenes, spec.seed)
     tokenizer = train_tokenizer(texts + _template_text(), vocab_size=spec.vocab_size,
-                                phrases=[f"{colour} {shape}" for colour in COLOURS for shape in SHAPES])
+                                phrases=object_phrases())
     # The pretraining seeds torch itself (spec.seed); fork_rng gives the caller back its random state, so what
     # the caller does next (e.g. initialising a connector) is the same whether the backbones were built or not.
     with torch.random.fork_rng(devices=[]):

@@ -39,7 +39,7 @@ SIZES = {"small": 13, "large": 22}  # half-width in pixels on a 128-pixel canvas
 CHARACTERS = "ABCDEFHKLMNPRTXZ2345679"  # glyphs that stay distinct in a tiny font
 CANVAS_SIZES = ((128, 128), (160, 128), (128, 160))  # (width, height): square, landscape, portrait
 NUMBER_WORDS = ["zero", "one", "two", "three"]
-WORLD_VERSION = 4  # bump when the generator changes, so cached worlds (and backbones built on them) are rebuilt
+WORLD_VERSION = 5  # bump when the generator changes, so cached worlds (and backbones built on them) are rebuilt
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,10 @@ def box_on_padded_square(thing: Thing, scene: Scene) -> str:
 # ----------------------------------------------------------------------------- language about a scene
 
 
-def caption(scene: Scene) -> str:
-    names = [f"a {t.size} {t.name}" for t in scene.things]
+def caption(scene: Scene, positions: bool = False) -> str:
+    """A brief caption: "A small red circle and a large blue square." (``positions``: "... circle at the top
+    left and ...", as stage 1 captions the world's images)."""
+    names = [f"a {t.size} {t.name}" + (f" at the {where(t, scene)}" if positions else "") for t in scene.things]
     text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return text[0].upper() + text[1:] + "."
 
@@ -246,6 +248,18 @@ TEXT_LOOKUP_MIX = ("colour", "shape") * 2 + ("count", "pope", "choice", "where",
 # this colour?) and asks the full multiple-choice question more often. From the first step, these kinds kept the
 # "is there" lookup from forming; added once it has formed, they leave it standing (docs/findings.md).
 TEXT_LOOKUP_HOP_MIX = TEXT_LOOKUP_MIX + ("choice", "option") * 2
+# The last phase tells where the objects are in most scenes, each object with its place in one token (below),
+# and asks "where" more often.
+TEXT_LOOKUP_POSITION_MIX = TEXT_LOOKUP_HOP_MIX + ("where",) * 2
+
+
+def object_phrases(positions: bool = False) -> list[str]:
+    """The phrases the toy tokenizer keeps as one token each: every coloured shape ("red circle"), and with
+    ``positions`` every coloured shape at every place ("red circle at the top left"). One image patch holds
+    what an object is *and* where it lies in one vector (the tower's position embeddings put it there), so the
+    text form of a patch is one token that holds both: a lookup in text then has the shape of one in an image."""
+    objects = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    return [f"{o} at the {p}" for o in objects for p in POSITIONS] if positions else objects
 
 
 def text_scene(scene: Scene, rng: random.Random, positions: bool = False) -> str:
@@ -287,17 +301,20 @@ def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, st
 
 
 def text_lookup_record(scene: Scene, rng: random.Random, kinds: Sequence[str] | None = None,
-                       questions: tuple[int, int] = (1, 3), mix: Sequence[str] = TEXT_LOOKUP_MIX) -> dict:
+                       questions: tuple[int, int] = (1, 3), mix: Sequence[str] = TEXT_LOOKUP_MIX,
+                       positions: float = 0.0) -> dict:
     """A text-only conversation: the scene in words, then questions answered from those words (``kinds``, or
     between ``questions[0]`` and ``questions[1]`` of them drawn from ``mix``).
 
     Shaped like a stage-2 record with the text where the ``<image>`` marker would be, so the LM learns in text
     the skill the image tasks need: find the object the question names, and read out its other attribute.
     Several questions about one scene give several lookups for one read of it (LLaVA's multi-turn records).
+    The scene tells where its objects are when a question asks it, and otherwise with probability ``positions``.
     """
     kinds = list(kinds or [rng.choice(mix) for _ in range(rng.randint(*questions))])
     pairs = [text_lookup_qa(scene, rng, kind) for kind in kinds]
-    context = text_scene(scene, rng, positions="where" in kinds)
+    told = "where" in kinds or (positions > 0 and rng.random() < positions)  # no draw at 0: records as before
+    context = text_scene(scene, rng, positions=told)
     conv = []
     for i, (q, a) in enumerate(pairs):
         conv += [{"from": "human", "value": (context + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
@@ -391,23 +408,30 @@ def character_crop(scene: Scene, size: int, rng: random.Random) -> tuple[int, in
     return x, scene.height - size
 
 
-ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES), "character": list(CHARACTERS)}
+ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES), "character": list(CHARACTERS),
+              "position": POSITIONS}
 
 
 def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | None = None,
                  character: bool = False) -> list[list[int]]:
-    """What lies under each patch: ``grid * grid`` rows of ``[colour, shape, size, character]`` indices into
-    ``ATTRIBUTES``, -100 where there is nothing to say (background; the character unless ``character``).
+    """What lies under each patch: ``grid * grid`` rows of ``[colour, shape, size, character, position]`` indices
+    into ``ATTRIBUTES``, -100 where there is nothing to say (background; the character unless ``character``).
 
     The vision tower learns from these (``backbones.pretrain_vision_tower``). The character is labelled on the one
-    patch holding the centre of its glyph, and only when asked: in a close-up, where it is legible. (Labelling
-    every patch with where it lies as well was tried: docs/findings.md, 2026-12-03.)
+    patch holding the centre of its glyph, and only when asked: in a close-up, where it is legible. An object's
+    position (``where``: thirds of the canvas) is labelled on all of its patches, as its colour is (on its centre
+    patch alone, one large object's patches read as two objects to the LM's counting: docs/findings.md), and
+    only in the whole view: a close-up does not show where it lies. (Labelling every canvas patch with where the *patch*
+    lies was tried: docs/findings.md, 2026-12-03.)
     """
     labels = [[-100] * len(ATTRIBUTES) for _ in range(grid * grid)]
     for t in scene.things:
         for i in patches_on(t, scene, grid, view):
             labels[i][:3] = [ATTRIBUTES[a].index(v) for a, v in (("colour", t.colour), ("shape", t.shape),
                                                                   ("size", t.size))]
+            if view is None:  # where it lies, on every one of its patches: they must still read as one object
+                labels[i][4] = POSITIONS.index(where(t, scene))
+
     if character and scene.character:
         left, top, side = view or padded_view(scene)
         # the glyph of the 9-pixel font spans about (x, y + 3) to (x + 6, y + 9) from the point it is drawn at
@@ -458,7 +482,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
             continue
         stage1.append({"id": f"scene{scene.seed}-caption", "image": image, "conversations": [
             {"from": "human", "value": f"{IMAGE}\nRender a clear and concise summary of the photo."},
-            {"from": "gpt", "value": caption(scene)}]})
+            {"from": "gpt", "value": caption(scene, positions=True)}]})
         stage2.append(stage2_record(scene, image, rng))
         if rng.random() < text_only_share:
             q, a = rng.choice(TEXT_ONLY)

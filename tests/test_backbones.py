@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from minillava.backbones import (
     SHIPPED,
     BackboneSpec,
+    add_position_tokens,
     lookup_example,
     read_manifest,
     text_lookup_accuracy,
@@ -94,6 +95,35 @@ def test_lookup_examples_label_only_the_answers(shipped):
     answer = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
     scene = make_scene(3, 2)
     assert tokenizer.decode(answer).strip() in {f"{t.colour}</s>" for t in scene.things}
+
+
+def test_shipped_tokenizer_names_each_object_and_place_with_one_token(shipped):
+    """What a patch holds (a coloured shape and where it lies) is one token in the scenes in words."""
+    _, _, tokenizer = shipped
+    ids = tokenizer("There is a small red circle at the top left and a blue square.", add_special_tokens=False)
+    tokens = tokenizer.convert_ids_to_tokens(ids["input_ids"])
+    assert " red circle at the top left" in tokens and " blue square" in tokens, tokens
+    answer = tokenizer("The red circle is at the top left.", add_special_tokens=False)["input_ids"]
+    assert [tokenizer.decode([i]) for i in answer][-3:] == [" top", " left", "."]  # answers spell it out
+
+
+def test_new_position_tokens_start_as_the_object_plus_its_place(tmp_path):
+    """``add_position_tokens`` grows the vocabulary and starts each new row from rows the LM already knows."""
+    import torch
+
+    from minillava.backbones import tiny_language_model, train_tokenizer
+    from minillava.toyworld import object_phrases
+
+    tokenizer = train_tokenizer(["a red circle at the top left center right"] * 20, 300, phrases=object_phrases())
+    lm = tiny_language_model(tokenizer, hidden_size=16, num_layers=1, num_heads=2)
+    before = len(tokenizer)
+    add_position_tokens(tokenizer, lm)
+    assert len(tokenizer) == before + len(object_phrases(positions=True)) == lm.config.vocab_size
+    new = tokenizer.convert_tokens_to_ids(" green square at the center")
+    parts = [tokenizer.convert_tokens_to_ids(" green square"), *tokenizer(" center", add_special_tokens=False)
+             ["input_ids"]]
+    for rows in (lm.get_input_embeddings().weight, lm.get_output_embeddings().weight):
+        torch.testing.assert_close(rows[new], rows[parts[0]] + rows[parts[1:]].mean(0))
 
 
 def test_the_build_command_runs_end_to_end(tmp_path, capsys):

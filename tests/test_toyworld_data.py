@@ -193,7 +193,7 @@ def test_records_from_hugging_face_datasets(model):
 
 
 TINY_SPEC = dict(corpus_scenes=60, tower_scenes=20, vision_steps=2, lm_steps=2, lm_caption_steps=1, lm_hop_steps=1,
-                 probe_scenes=4)
+                 lm_position_steps=1, probe_scenes=4)
 
 
 def test_building_backbones_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
@@ -254,10 +254,13 @@ def test_patch_labels_name_what_lies_under_each_patch():
     circle = [ATTRIBUTES["colour"].index("red"), ATTRIBUTES["shape"].index("circle"), ATTRIBUTES["size"].index("large")]
     assert all(labels[i][:3] == circle for i in on)
     assert all(row[3] == -100 for row in labels)  # the character only when asked for
+    # its place (centre (40, 40): the top-left third) on every one of its patches, as its colour is
+    assert [i for i, row in enumerate(labels) if row[4] != -100] == on
+    assert all(labels[i][4] == ATTRIBUTES["position"].index("top left") for i in on)
     # a 64 px close-up at (64, 64) with 8 px cells: the glyph drawn at (100, 116) has its centre near (103, 122),
     # cell ((103 - 64) // 8, (122 - 64) // 8) = (4, 7); the circle (18..62) lies outside the crop
     close = patch_labels(scene, grid=8, view=(64, 64, 64), character=True)
-    assert [i for i, row in enumerate(close) if row != [-100] * 4] == [7 * 8 + 4]
+    assert [i for i, row in enumerate(close) if row != [-100] * 5] == [7 * 8 + 4]  # no place: a crop hides it
     assert close[7 * 8 + 4][3] == ATTRIBUTES["character"].index("A")
     ink = draw_scene(scene).convert("L").crop((64 + 4 * 8, 64 + 7 * 8, 64 + 5 * 8, 64 + 8 * 8))  # that cell
     assert min(ink.getdata()) < 100  # the dark glyph is really drawn there
