@@ -230,10 +230,12 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
     lm = tiny_language_model(tokenizer, hidden_size=spec.lm_width, num_layers=spec.lm_layers,
                              num_heads=spec.lm_heads)
     rng, step = random.Random(spec.seed), 0
+    tokenize = lambda: [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]  # BOS text EOS
+    text_ids = tokenize()
     for name, steps, caption_share, mix, positions in lm_phases(spec):
         if positions and steps:
             add_position_tokens(tokenizer, lm)
-        text_ids = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]  # BOS text EOS
+            text_ids = tokenize()  # the new tokens may appear in the plain text too
         step = train_language_model_phase(lm, tokenizer, text_ids, spec, name, steps, caption_share, mix, rng,
                                           step, progress, history, positions)
     return lm.eval()
