@@ -42,10 +42,9 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
     """
     import torch
 
-    from .toyworld import ATTRIBUTES, POSITIONS, draw_scene, make_scene, padded_view, patches_on, where
+    from .toyworld import ATTRIBUTES, draw_scene, make_scene, padded_view, patches_on, where
 
     features, labels = [], {"colour": [], "shape": [], "size": [], "position": []}
-    classes = {**ATTRIBUTES, "position": POSITIONS}
     grid = int(encoder.num_patches ** 0.5)
     scenes = [make_scene(7_000_000 + seed * 100_003 + i) for i in range(n_scenes)]
     with torch.no_grad():  # encode 64 scenes per call, not one
@@ -60,9 +59,9 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
             features.append(patches[on].mean(0))
             for attribute, value in (("colour", t.colour), ("shape", t.shape), ("size", t.size),
                                      ("position", where(t, scene))):
-                labels[attribute].append(classes[attribute].index(value))
+                labels[attribute].append(ATTRIBUTES[attribute].index(value))
     x = torch.stack(features)  # (objects, D)
-    return {attribute: linear_probe(x, torch.tensor(y), seed, steps, classes=len(classes[attribute]))
+    return {attribute: linear_probe(x, torch.tensor(y), seed, steps, classes=len(ATTRIBUTES[attribute]))
             for attribute, y in labels.items()}
 
 

@@ -426,11 +426,12 @@ def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | Non
     """
     labels = [[-100] * len(ATTRIBUTES) for _ in range(grid * grid)]
     for t in scene.things:
+        # where it lies (only in the whole view), on every one of its patches: they must still read as one object
+        place = POSITIONS.index(where(t, scene)) if view is None else -100
         for i in patches_on(t, scene, grid, view):
             labels[i][:3] = [ATTRIBUTES[a].index(v) for a, v in (("colour", t.colour), ("shape", t.shape),
                                                                   ("size", t.size))]
-            if view is None:  # where it lies, on every one of its patches: they must still read as one object
-                labels[i][4] = POSITIONS.index(where(t, scene))
+            labels[i][4] = place
 
     if character and scene.character:
         left, top, side = view or padded_view(scene)
