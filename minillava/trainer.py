@@ -309,6 +309,14 @@ def _accelerator(recipe: Recipe) -> tuple[Accelerator, AbstractContextManager]:
                        "new process (`minillava train ...`, or restart the notebook's kernel)")
 
 
+def enable_checkpointing(lm: torch.nn.Module) -> None:
+    """Gradient checkpointing on the LM's layers (each layer's input kept, its inside recomputed in the backward):
+    ``activation_checkpointing_enable`` in recent transformers, ``gradient_checkpointing_enable`` (its deprecated
+    name, to be removed in v6) in the first 5.x releases."""
+    enable = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
+    enable()
+
+
 def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool = False,
           progress: bool = True, stop_after: int | None = None) -> list[dict]:
     """Run one stage of ``recipe`` on ``model`` and write its outputs to ``output_dir``.
@@ -332,7 +340,7 @@ def train(recipe: Recipe, model: MiniLlava, output_dir: str | Path, resume: bool
         apply_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
     trainable = set_trainable(model, recipe.stage)
     if recipe.gradient_checkpointing:
-        model.lm.gradient_checkpointing_enable()
+        enable_checkpointing(model.lm)
     if recipe.torch_compile:
         model.lm.compile(backend=recipe.torch_compile)  # in place: state-dict keys (and saving) stay the same
 

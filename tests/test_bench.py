@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -33,9 +35,12 @@ def run_bench(script, *args, cache):
     return result.stdout
 
 
-def test_train_step_runs(toy_cache):
-    out = run_bench("train_step.py", "--size", "toy", "--vocab", "4000", "--repeats", "1", cache=toy_cache)
-    assert "minillava / transformers' default step time" in out and "| transformers + logits_to_keep |" in out
+@pytest.mark.parametrize("checkpointing", [[], ["--checkpointing"]])
+def test_train_step_runs(toy_cache, checkpointing):
+    out = run_bench("train_step.py", "--size", "toy", "--vocab", "4000", "--repeats", "1", *checkpointing,
+                    cache=toy_cache)
+    assert "minillava / transformers' default: step time" in out and "| transformers + logits_to_keep |" in out
+    assert f"gradient checkpointing {'on' if checkpointing else 'off'}" in out
     losses = [float(x.split()[-1]) for x in out.split("first-step losses ")[1].split("\n")[0].split(", ")]
     assert len(losses) == 3 and max(losses) - min(losses) < 1e-5  # the same weights, batch and loss
 

@@ -78,6 +78,21 @@ def test_resume_after_interruption_gives_the_same_losses(clip_dir, llm_dir, worl
     assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in straight], abs=1e-5)
 
 
+def test_gradient_checkpointing_trains_the_same_weights(clip_dir, llm_dir, world, tmp_path):
+    """LLaVA-1.5 trains with gradient checkpointing: the recomputed layers must give the same losses and updates
+    (a checkpointed LM whose embeddings stopped passing gradients would train different weights)."""
+    def trained(checkpointing):
+        torch.manual_seed(0)
+        model = MiniLlava.from_backbones(str(clip_dir), str(llm_dir))
+        metrics = train(recipe(world, 2, gradient_checkpointing=checkpointing), model,
+                        tmp_path / str(checkpointing), progress=False)
+        return [m["loss"] for m in metrics], model.lm.state_dict()
+    (losses, weights), (losses_ckpt, weights_ckpt) = trained(False), trained(True)
+    assert losses_ckpt == pytest.approx(losses, abs=1e-5)
+    for name, w in weights.items():
+        torch.testing.assert_close(weights_ckpt[name], w, atol=1e-5, rtol=1e-5, msg=name)
+
+
 def test_recipe_yaml_and_unknown_fields(tmp_path):
     (tmp_path / "r.yaml").write_text("stage: 1\nlearning_rate: 0.001\n")
     assert Recipe.from_yaml(tmp_path / "r.yaml").learning_rate == 1e-3
