@@ -453,8 +453,7 @@ def world_scene(seed: int, i: int) -> Scene:
 
 
 def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed: int = 0,
-                text_only_share: float = 0.08, progress: bool = True, text_lookup_share: float = 0.08,
-                text_lookup_without: tuple[str, ...] = ()) -> Path:
+                text_only_share: float = 0.08, progress: bool = True) -> Path:
     """Generate images + LLaVA-format JSON under ``folder`` (skipped if already complete for these arguments).
 
     Layout: ``images/*.png``, ``stage1.json``, ``stage2.json``, ``eval/<task>.jsonl``,
@@ -462,8 +461,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     """
     final = Path(folder)
     spec = {"version": WORLD_VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed,
-            "text_only_share": text_only_share, "text_lookup_share": text_lookup_share,
-            "text_lookup_without": list(text_lookup_without)}
+            "text_only_share": text_only_share}
 
     def complete(f: Path) -> bool:
         return (f / "world.json").exists() and json.loads((f / "world.json").read_text()) == spec
@@ -474,7 +472,6 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     (folder / "images").mkdir()
     (folder / "eval").mkdir(exist_ok=True)
     rng = random.Random(seed)
-    lookup_rng = random.Random(f"{seed}-text-lookups")
     stage1, stage2, questions = [], [], {task: [] for task in EVAL_TASKS}
     for i in tqdm(range(n_train + n_eval), desc="toy world", disable=not progress):
         scene = world_scene(seed, i)
@@ -492,10 +489,6 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
             q, a = rng.choice(TEXT_ONLY)
             stage2.append({"id": f"text{i}", "conversations": [{"from": "human", "value": q},
                                                                  {"from": "gpt", "value": a}]})
-        if lookup_rng.random() < text_lookup_share:  # EXPERIMENT: the LM's own text lookups in stage 2
-            mix = [k for k in TEXT_LOOKUP_POSITION_MIX if k not in text_lookup_without]
-            stage2.append(text_lookup_record(make_scene(3 * 10**9 + seed * 7919 + i), lookup_rng, mix=mix,
-                                             positions=0.75))
     (folder / "stage1.json").write_text(json.dumps(stage1, indent=1))
     (folder / "stage2.json").write_text(json.dumps(stage2, indent=1))
     for task, qs in questions.items():
