@@ -416,6 +416,7 @@ def build_backbones(out: str | Path, spec: BackboneSpec | None = None, progress:
     into place at the end, so an interrupted build never leaves a folder that looks finished. A finished build
     already in ``out`` is kept unless ``replace``.
     """
+    import importlib.metadata
     import platform
     import subprocess
     import time
@@ -450,7 +451,10 @@ def build_backbones(out: str | Path, spec: BackboneSpec | None = None, progress:
                 "command": command or f"minillava backbones build --out {out}", "commit": commit or "unknown",
                 "wall_time_s": round(time.time() - started), "device": f"{platform.machine()} CPU, "
                 f"{torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-                "probes": probes, "lm_text_lookups_during_pretraining": lm_history}
+                "probes": probes, "lm_text_lookups_during_pretraining": lm_history,
+                # the same seed and code give the same weights only with the same libraries: their numerics change
+                # between releases (a rebuild under transformers 5.25 left the shipped v7's path by step 500)
+                "versions": {name: importlib.metadata.version(name) for name in ("torch", "transformers", "tokenizers")}}
     (built / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     move_into_place(built, out, lambda f: not replace and (f / "manifest.json").exists())
     return out

@@ -10,6 +10,7 @@ import random
 from dataclasses import asdict
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minillava.backbones import (
@@ -109,7 +110,6 @@ def test_shipped_tokenizer_names_each_object_and_place_with_one_token(shipped):
 
 def test_new_position_tokens_start_as_the_object_plus_its_place(tmp_path):
     """``add_position_tokens`` grows the vocabulary and starts each new row from rows the LM already knows."""
-    import torch
 
     from minillava.backbones import tiny_language_model, train_tokenizer
     from minillava.toyworld import object_phrases
@@ -135,6 +135,7 @@ def test_the_build_command_runs_end_to_end(tmp_path, capsys):
     manifest = json.loads((tmp_path / "bb" / "manifest.json").read_text())
     assert manifest["spec"]["lm_width"] == 64 and manifest["spec"]["lm_steps"] == 3
     assert set(manifest["probes"]) == {"text lookup", "patches"}
+    assert manifest["versions"]["torch"] == torch.__version__  # bit-identical rebuilds need the same libraries
     assert set(manifest["probes"]["patches"]) == {"colour", "shape", "size", "position", "character"}
     model = MiniLlava.from_backbones(str(tmp_path / "bb" / "vision"), str(tmp_path / "bb" / "llm"))
     assert model.lm.config.hidden_size == 64
