@@ -454,7 +454,7 @@ def build_backbones(out: str | Path, spec: BackboneSpec | None = None, progress:
                 "probes": probes, "lm_text_lookups_during_pretraining": lm_history,
                 # the same seed and code give the same weights only with the same libraries: their numerics change
                 # between releases (a rebuild under transformers 5.25 left the shipped v7's path by step 500)
-                "versions": {name: importlib.metadata.version(name) for name in ("torch", "transformers", "tokenizers")}}
+                "versions": {lib: importlib.metadata.version(lib) for lib in ("torch", "transformers", "tokenizers")}}
     (built / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     move_into_place(built, out, lambda f: not replace and (f / "manifest.json").exists())
     return out

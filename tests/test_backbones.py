@@ -110,7 +110,6 @@ def test_shipped_tokenizer_names_each_object_and_place_with_one_token(shipped):
 
 def test_new_position_tokens_start_as_the_object_plus_its_place(tmp_path):
     """``add_position_tokens`` grows the vocabulary and starts each new row from rows the LM already knows."""
-
     from minillava.backbones import tiny_language_model, train_tokenizer
     from minillava.toyworld import object_phrases
 
