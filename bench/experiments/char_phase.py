@@ -1,0 +1,19 @@
+"""Experiment: a fifth LM phase, '+ characters', on the shipped LM of PYTHONPATH's package; saves over it."""
+import sys, random, time, torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+import minillava.toyworld as tw
+from minillava import backbones as bb
+steps = int(sys.argv[1]); tw.CHARACTER_IN_TEXT = True
+spec = bb.BackboneSpec(); d = bb.SHIPPED / "llm"
+tok = AutoTokenizer.from_pretrained(d); lm = LlamaForCausalLM.from_pretrained(d, dtype=torch.float32)
+print("before", bb.text_lookup_accuracy(lm, tok, 20, seed=1), flush=True)
+torch.manual_seed(1)
+texts = tw.language_corpus(spec.corpus_scenes, spec.seed)
+ids = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
+t0 = time.time()
+bb.train_language_model_phase(lm, tok, ids, spec, "+ characters", steps, spec.lm_caption_share,
+    tw.TEXT_LOOKUP_POSITION_MIX + ("text",) * 2, random.Random(1), 0, False, [], spec.lm_position_share)
+print("time", time.time() - t0)
+acc = bb.text_lookup_accuracy(lm, tok, 100, seed=0)
+print("after", {k: round(v, 3) for k, v in acc.items()}, flush=True)
+lm.save_pretrained(d); tok.save_pretrained(d)
