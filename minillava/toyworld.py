@@ -131,15 +131,12 @@ def box_on_padded_square(thing: Thing, scene: Scene) -> str:
 # ----------------------------------------------------------------------------- language about a scene
 
 
-def caption(scene: Scene, positions: bool = False, character: bool = False) -> str:
+def caption(scene: Scene, positions: bool = False) -> str:
     """A brief caption: "A small red circle and a large blue square." (``positions``: "... circle at the top
     left and ...", as stage 1 captions the world's images)."""
     names = [f"a {t.size} {t.name}" + (f" at the {where(t, scene)}" if positions else "") for t in scene.things]
     text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    text = text[0].upper() + text[1:] + "."
-    if character and scene.character:
-        text += f" The character {scene.character} is printed near the bottom."
-    return text
+    return text[0].upper() + text[1:] + "."
 
 
 def description(scene: Scene) -> str:
@@ -203,7 +200,7 @@ def task_pairs(kind: str, scene: Scene, rng: random.Random) -> list[tuple[str, s
         return [("Describe the image in detail.", description(scene))]
     if kind == "conversation":
         t = rng.choice(scene.things)
-        return [("What can you see in this picture?", caption(scene, character=True)),
+        return [("What can you see in this picture?", caption(scene)),
                 (f"Where is the {t.name}?", f"The {t.name} is at the {where(t, scene)} of the image.")]
     if kind == "short":  # like VQAv2/GQA
         kinds = rng.sample(["colour", "shape", "count"], k=rng.randint(1, 3))
@@ -243,8 +240,7 @@ def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image:
 _OBJECT_WORDINGS = ("a {size} {colour} {shape}", "a {colour} {shape}", "one {colour} {shape}")
 _SCENE_OPENERS = ("There is {objects}.", "I see {objects}.", "The picture shows {objects}.", "{Objects}.",
                   "Here we have {objects}.")
-TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long", "option", "text")
-CHARACTER_IN_TEXT = False  # experiment
+TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long", "option")
 # The kinds a record's questions are drawn from: the two that need binding (find the named object, read out its
 # other attribute) twice as often as the rest.
 TEXT_LOOKUP_MIX = ("colour", "shape") * 2 + ("count", "pope", "choice", "where", "colour_long", "shape_long")
@@ -266,7 +262,7 @@ def object_phrases(positions: bool = False) -> list[str]:
     return [f"{o} at the {p}" for o in objects for p in POSITIONS] if positions else objects
 
 
-def text_scene(scene: Scene, rng: random.Random, positions: bool = False, character: bool = False) -> str:
+def text_scene(scene: Scene, rng: random.Random, positions: bool = False) -> str:
     """The scene told in words: its objects in random order, each in one of a few wordings (``positions``: with
     where each one is). What the toy LM reads where a real LLM reads a paragraph, before it ever sees an image."""
     things = rng.sample(scene.things, k=len(scene.things))
@@ -276,8 +272,7 @@ def text_scene(scene: Scene, rng: random.Random, positions: bool = False, charac
         names.append(f"{name} at the {where(t, scene)}" if positions else name)
     objects = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     opener = rng.choice(_SCENE_OPENERS)
-    text = opener.format(objects=objects, Objects=objects[0].upper() + objects[1:])
-    return text + f" {scene.character}" if character and scene.character else text
+    return opener.format(objects=objects, Objects=objects[0].upper() + objects[1:])
 
 
 def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
@@ -297,8 +292,6 @@ def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, st
         return with_format_prompt(q, MULTIPLE_CHOICE), a
     if kind == "where":
         return with_format_prompt(f"Where is the {t.name}?", SHORT_ANSWER), where(t, scene)
-    if kind == "text":
-        return with_format_prompt("What character is printed in the image?", SHORT_ANSWER), scene.character or "none"
     if kind == "option":  # multiple choice's second hop alone: the colour is given, find its option line
         lines, letter = colour_options(t.colour, rng)
         return with_format_prompt(f"Which option is {t.colour}?\n{lines}", MULTIPLE_CHOICE), letter
@@ -321,7 +314,7 @@ def text_lookup_record(scene: Scene, rng: random.Random, kinds: Sequence[str] | 
     kinds = list(kinds or [rng.choice(mix) for _ in range(rng.randint(*questions))])
     pairs = [text_lookup_qa(scene, rng, kind) for kind in kinds]
     told = "where" in kinds or (positions > 0 and rng.random() < positions)  # no draw at 0: records as before
-    context = text_scene(scene, rng, positions=told, character=CHARACTER_IN_TEXT)
+    context = text_scene(scene, rng, positions=told)
     conv = []
     for i, (q, a) in enumerate(pairs):
         conv += [{"from": "human", "value": (context + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
@@ -506,7 +499,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
             continue
         stage1.append({"id": f"scene{scene.seed}-caption", "image": image, "conversations": [
             {"from": "human", "value": f"{IMAGE}\nRender a clear and concise summary of the photo."},
-            {"from": "gpt", "value": caption(scene, positions=True, character=True)}]})
+            {"from": "gpt", "value": caption(scene, positions=True)}]})
         stage2.append(stage2_record(scene, image, rng))
         if rng.random() < text_only_share:
             q, a = rng.choice(TEXT_ONLY)

@@ -4,7 +4,7 @@ Each attribute value (" red", " circle", " small", " K", " top left") is the mea
 its tokens; one shared linear map P takes a patch feature into the LM's embedding space and the logits are the
 cosines with the candidates times a learnt temperature. So the features say what is there *in the LM's words*,
 through one map for every attribute: does a connector fitted on objects then carry the character too?
-args: out [steps] [hdview]"""
+args: out [steps]"""
 import json, shutil, sys, time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,21 +16,15 @@ from minillava.backbones import (SHIPPED, BackboneSpec, _warmup_cosine, save_bac
 from minillava.toyworld import ATTRIBUTES
 
 out = Path(sys.argv[1]); spec = BackboneSpec()
-if len(sys.argv) > 2 and int(sys.argv[2]):
+if len(sys.argv) > 2:
     spec = replace(spec, vision_steps=int(sys.argv[2]))
 t0 = time.time()
-LLM = Path(__import__("os").environ.get("LLM", SHIPPED / "llm"))
-tok = AutoTokenizer.from_pretrained(LLM); lm = LlamaForCausalLM.from_pretrained(LLM)
+tok = AutoTokenizer.from_pretrained(SHIPPED / "llm"); lm = LlamaForCausalLM.from_pretrained(SHIPPED / "llm")
 emb = lm.get_input_embeddings().weight.detach()
 cands = [torch.stack([emb[tok(" " + v, add_special_tokens=False)["input_ids"]].mean(0) for v in vals])
          for vals in ATTRIBUTES.values()]  # (values, lm_width) each
 cands = [torch.nn.functional.normalize(c, dim=-1) for c in cands]
-if len(sys.argv) > 3 and sys.argv[3] == "hdview":  # the close-ups of bench/experiments/hdview_tower.py
-    sys.path.insert(0, str(Path(__file__).parent))
-    from hdview_tower import hdview_data
-    images, labels = hdview_data(spec)
-else:
-    images, labels = tower_data(spec)
+images, labels = tower_data(spec)
 torch.manual_seed(spec.seed)
 tower, processor = tiny_vision_tower(spec.image_size, spec.patch_size, spec.vision_width, spec.vision_layers)
 pixels = processor(list(images), return_tensors="pt")["pixel_values"]
@@ -40,7 +34,7 @@ opt = torch.optim.AdamW([*tower.parameters(), *proj.parameters(), log_temp], lr=
 sched = _warmup_cosine(opt, spec.vision_steps)
 g = torch.Generator().manual_seed(spec.seed)
 tower.train()
-bar = tqdm(range(spec.vision_steps), mininterval=60)
+bar = tqdm(range(spec.vision_steps), mininterval=30)
 for step in bar:
     batch = torch.randint(0, len(images), (spec.vision_batch_size,), generator=g)
     feats = tower(pixels[batch], output_hidden_states=True).hidden_states[-2][:, 1:]  # (B, N, D)
@@ -51,10 +45,11 @@ for step in bar:
                for i, c in enumerate(cands) if (t[..., i] >= 0).any())
     loss = loss + spec.centre_weight * feats.mean(dim=(0, 1)).pow(2).mean()
     opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+    bar.set_postfix(loss=f"{loss.item():.3f}")
 tower.eval()
 print("tower trained", round(time.time() - t0), flush=True)
 save_backbone(out / "vision", tower, processor)
-shutil.copytree(LLM, out / "llm", dirs_exist_ok=True)
+shutil.copytree(SHIPPED / "llm", out / "llm", dirs_exist_ok=True)
 manifest = json.loads((SHIPPED / "manifest.json").read_text())
 manifest["probes"] = probe_backbones(tower, processor, lm, tok, spec.probe_scenes)
 manifest["spec"] = asdict(spec)
