@@ -452,21 +452,6 @@ def world_scene(seed: int, i: int) -> Scene:
     return make_scene(seed * 1_000_003 + i)
 
 
-CARD_SIZE = 64  # a character card is one encoder view at full resolution
-
-
-def character_card(seed: int) -> Scene:
-    """A close-up with no shapes and, half of the time, one printed character (as small as in the scenes):
-    the toy world's OCR data (LLaVA-1.5's mix reads text from OCR-VQA and TextCaps images)."""
-    rng = random.Random(seed)
-    character = rng.choice(CHARACTERS) if rng.random() < 0.5 else None
-    char_xy = (rng.randint(2, CARD_SIZE - 10), rng.randint(2, CARD_SIZE - 12)) if character else None
-    return Scene(CARD_SIZE, CARD_SIZE, (), character, char_xy, seed)
-
-
-CARD_SHARE = float(__import__("os").environ.get("MINILLAVA_CARD_SHARE", "0.1"))
-
-
 def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed: int = 0,
                 text_only_share: float = 0.08, progress: bool = True) -> Path:
     """Generate images + LLaVA-format JSON under ``folder`` (skipped if already complete for these arguments).
@@ -476,7 +461,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     """
     final = Path(folder)
     spec = {"version": WORLD_VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed,
-            "text_only_share": text_only_share, "card_share": CARD_SHARE}
+            "text_only_share": text_only_share}
 
     def complete(f: Path) -> bool:
         return (f / "world.json").exists() and json.loads((f / "world.json").read_text()) == spec
@@ -487,7 +472,6 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     (folder / "images").mkdir()
     (folder / "eval").mkdir(exist_ok=True)
     rng = random.Random(seed)
-    card_rng = random.Random(seed + 7)  # its own stream: the scene records stay the same
     stage1, stage2, questions = [], [], {task: [] for task in EVAL_TASKS}
     for i in tqdm(range(n_train + n_eval), desc="toy world", disable=not progress):
         scene = world_scene(seed, i)
@@ -505,12 +489,6 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
             q, a = rng.choice(TEXT_ONLY)
             stage2.append({"id": f"text{i}", "conversations": [{"from": "human", "value": q},
                                                                  {"from": "gpt", "value": a}]})
-        if card_rng.random() < CARD_SHARE:
-            card = character_card(seed * 1_000_003 + 10_000_000 + i)
-            draw_scene(card).save(folder / "images" / f"card{i:06d}.png")
-            (q, a), = task_pairs("text", card, card_rng)
-            stage2.append({"id": f"card{card.seed}-text", "image": f"card{i:06d}.png", "conversations": [
-                {"from": "human", "value": f"{IMAGE}\n{q}"}, {"from": "gpt", "value": a}]})
     (folder / "stage1.json").write_text(json.dumps(stage1, indent=1))
     (folder / "stage2.json").write_text(json.dumps(stage2, indent=1))
     for task, qs in questions.items():
