@@ -452,8 +452,7 @@ def build_backbones(out: str | Path, spec: BackboneSpec | None = None, progress:
                 "wall_time_s": round(time.time() - started), "device": f"{platform.machine()} CPU, "
                 f"{torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
                 "probes": probes, "lm_text_lookups_during_pretraining": lm_history,
-                # the same seed and code give the same weights only with the same libraries: their numerics change
-                # between releases (a rebuild under transformers 5.25 left the shipped v7's path by step 500)
+                # the same seed and code give the same weights only with the same libraries (docs/findings.md)
                 "versions": {lib: importlib.metadata.version(lib) for lib in ("torch", "transformers", "tokenizers")}}
     (built / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     move_into_place(built, out, lambda f: not replace and (f / "manifest.json").exists())
