@@ -32,7 +32,7 @@ from transformers import (
 
 # Llama's layout: <unk>=0, <s>=1, </s>=2; then the pad and image tokens LLaVA needs.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-BACKBONES_VERSION = 7  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
+BACKBONES_VERSION = 8  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000,
@@ -107,6 +107,7 @@ class BackboneSpec:
     vision_width: int = 96
     vision_layers: int = 4
     tower_scenes: int = 6000  # scenes the tower pretrains on (each gives a padded whole view and a close-up)
+    glyph_close_ups: int = 12000  # and this many more close-ups, each around a printed character
     vision_steps: int = 16000  # with the place label, 8,000 left the toy run counting 77% (docs/findings.md)
     vision_batch_size: int = 16
     vision_lr: float = 2e-3
@@ -133,12 +134,14 @@ class BackboneSpec:
 
 
 def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, classes: Sequence[int],
-                          spec: BackboneSpec, progress: bool = True) -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
+                          spec: BackboneSpec, progress: bool = True,
+                          weights: torch.Tensor | None = None) -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
     """A tiny CLIP vision tower pretrained to say what lies under each of its patches.
 
     ``images`` are square; ``labels`` is ``(images, patches, attributes)``: for each patch the class index of
     each attribute of what lies under it (the toy world's colour, shape, size, character and place), -100 where there is
-    nothing to say; ``classes[i]`` is how many values attribute i has. One linear head per attribute reads every
+    nothing to say; ``classes[i]`` is how many values attribute i has; ``weights``: how often each image is drawn
+    into a batch, relative to the others (default: all alike). One linear head per attribute reads every
     patch feature of the layer LLaVA uses (-2) and is trained with cross-entropy, plus a small penalty that keeps
     the features centred (measured with the earlier tagging objective: with it, a tiny LM learned to bind colours
     to shapes about three times faster in stage 2).
@@ -160,7 +163,8 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
     tower.train()
     bar = tqdm(range(spec.vision_steps), desc="pretrain vision tower", disable=not progress)
     for _ in bar:
-        batch = torch.randint(0, len(images), (spec.vision_batch_size,), generator=generator)
+        batch = (torch.randint(0, len(images), (spec.vision_batch_size,), generator=generator) if weights is None
+                 else torch.multinomial(weights, spec.vision_batch_size, replacement=True, generator=generator))
         features = tower(pixels[batch], output_hidden_states=True).hidden_states[-2][:, 1:]  # (B, N, D), CLS dropped
         targets = labels[batch]  # (B, N, attributes)
         loss = sum(torch.nn.functional.cross_entropy(head(features).flatten(0, 1), targets[..., i].flatten(),
@@ -377,28 +381,38 @@ def tower_scenes(spec: BackboneSpec) -> list:
     return [make_scene(10**9 + spec.seed * 7919 + i) for i in range(spec.tower_scenes)]
 
 
-def tower_data(spec: BackboneSpec) -> tuple[list[Image.Image], torch.Tensor]:
-    """The vision tower's pretraining images and their labels ``(images, patches, attributes)``.
+def tower_data(spec: BackboneSpec) -> tuple[list[Image.Image], torch.Tensor, torch.Tensor]:
+    """The vision tower's pretraining images, their labels ``(images, patches, attributes)`` and how often each is
+    drawn (``pretrain_vision_tower``'s ``weights``: the whole views half of every batch, as before the glyph
+    close-ups joined; a quarter, drawn like the rest, cost the toy run counting and "where": docs/findings.md).
 
     Each of ``tower_scenes`` gives two square images: the whole scene padded to a square (as stage 2 sees it)
-    and a close-up at full resolution (as an HD grid cell sees it), where the printed character is legible and
-    labelled too (``toyworld.patch_labels``).
+    and a close-up as one HD grid cell shows it (``toyworld.close_up``), where the printed character is legible
+    and labelled too (``toyworld.patch_labels``); then ``glyph_close_ups`` more close-ups, each around a
+    character, so that the tower sees enough glyphs falling at every place across its patches to read them
+    there (2,100 glyphs left it reading 71% of fresh ones, 14,100 98%: docs/findings.md).
     """
     from .encoder import expand_to_square, mean_colour
-    from .toyworld import draw_scene, patch_labels
+    from .toyworld import close_up, draw_scene, make_scene, patch_labels
 
     _, processor = tiny_vision_tower(spec.image_size, spec.patch_size)
     pad, grid, size = mean_colour(processor.image_mean), spec.image_size // spec.patch_size, spec.image_size
     images, labels = [], []
     rng = random.Random(spec.seed)
     for scene in tower_scenes(spec):
-        image = draw_scene(scene)
-        images.append(expand_to_square(image, pad))
+        images.append(expand_to_square(draw_scene(scene), pad))
         labels.append(patch_labels(scene, grid))
-        x, y = _native_crop(scene, size, rng)
-        images.append(image.crop((x, y, x + size, y + size)))
-        labels.append(patch_labels(scene, grid, view=(x, y, size), character=True))
-    return images, torch.tensor(labels)
+        image, view = close_up(scene, size, rng, around_character=rng.random() < 0.7, fill=pad)
+        images.append(image)
+        labels.append(patch_labels(scene, grid, view=view, character=True))
+    glyphs = (scene for i in range(10**9) if (scene := make_scene(2 * 10**9 + spec.seed * 7919 + i)).character)
+    for scene, _ in zip(glyphs, range(spec.glyph_close_ups)):
+        image, view = close_up(scene, size, rng, around_character=True, fill=pad)
+        images.append(image)
+        labels.append(patch_labels(scene, grid, view=view, character=True))
+    weights = torch.ones(len(images))
+    weights[0:2 * spec.tower_scenes:2] = (len(images) - spec.tower_scenes) / spec.tower_scenes  # the whole views
+    return images, torch.tensor(labels), weights
 
 
 # ----------------------------------------------------------------------------- building, shipping and loading
@@ -430,9 +444,9 @@ def build_backbones(out: str | Path, spec: BackboneSpec | None = None, progress:
     # The pretraining seeds torch itself (spec.seed); fork_rng gives the caller back its random state, so what
     # the caller does next (e.g. initialising a connector) is the same whether the backbones were built or not.
     with torch.random.fork_rng(devices=[]):
-        images, labels = tower_data(spec)
+        images, labels, weights = tower_data(spec)
         tower, processor = pretrain_vision_tower(images, labels, [len(v) for v in ATTRIBUTES.values()], spec,
-                                                  progress)
+                                                  progress, weights)
         lm_history: list[dict] = []
         lm = pretrain_language_model(tokenizer, texts, spec, progress, lm_history)
         probes = probe_backbones(tower, processor, lm, tokenizer, spec.probe_scenes)
@@ -519,17 +533,6 @@ def toy_setup(train_images: int = 5000, eval_images: int = 200, seed: int = 0, f
         read_manifest(backbones)  # a clear error if the folder is not a build
         return world, Path(backbones) / "vision", Path(backbones) / "llm"
     return (world, *toy_backbones(progress=progress))
-
-
-def _native_crop(scene, size: int, rng: random.Random) -> tuple[int, int]:
-    """Top-left corner of a ``size`` x ``size`` crop at full resolution (what an HD grid cell sees), often around
-    the printed character. The tower sees the world at both scales, as CLIP saw both whole scenes and close-ups
-    (text included) in its training data."""
-    from .toyworld import character_crop
-
-    if scene.character and rng.random() < 0.7:
-        return character_crop(scene, size, rng)
-    return rng.randint(0, scene.width - size), rng.randint(0, scene.height - size)
 
 
 def _template_text() -> list[str]:

@@ -66,18 +66,17 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
 
 
 def probe_character(encoder, n_scenes: int = 300, seed: int = 0, steps: int = 300) -> float:
-    """How well the printed character can be read off one patch feature of a full-resolution close-up.
+    """How well the printed character can be read off one patch feature of the HD grid cell that shows it.
 
-    For ``n_scenes`` fresh toy scenes that hold a character, a crop of the encoder's input size at full
-    resolution (what one HD grid cell shows) is taken around it, and the feature of the patch holding the
-    glyph's centre (``toyworld.patch_labels``) is classified by a linear probe (held-out accuracy; chance 1/23).
+    For ``n_scenes`` fresh toy scenes that hold a character, the cell that shows it when the scene is split as
+    the ablation's HD grid splits it (``toyworld.character_cell``: full resolution or 0.8), and the feature of
+    the patch holding the glyph's centre is classified by a linear probe (held-out accuracy; chance 1/23).
     """
     import torch
 
-    from .toyworld import ATTRIBUTES, character_crop, draw_scene, make_scene, patch_labels
+    from .toyworld import ATTRIBUTES, character_cell, make_scene
 
     size, grid = encoder.image_size, int(encoder.num_patches ** 0.5)
-    rng = random.Random(seed)
     crops, where, labels = [], [], []
     i = 0
     while len(crops) < n_scenes:
@@ -85,15 +84,12 @@ def probe_character(encoder, n_scenes: int = 300, seed: int = 0, steps: int = 30
         i += 1
         if not scene.character:
             continue
-        x, y = character_crop(scene, size, rng)
-        view = (x, y, size)
-        marked = [(j, row[3]) for j, row in enumerate(patch_labels(scene, grid, view=view, character=True))
-                  if row[3] >= 0]
-        if not marked:
+        cell, centre = character_cell(scene, size, grid, encoder.pad_colour)
+        if centre is None:
             continue
-        crops.append(draw_scene(scene).crop((x, y, x + size, y + size)))
-        where.append(marked[0][0])
-        labels.append(marked[0][1])
+        crops.append(cell)
+        where.append(centre)
+        labels.append(ATTRIBUTES["character"].index(scene.character))
     with torch.no_grad():
         patches = torch.cat([encoder(encoder.preprocess(crops[j:j + 64], "pad")).float().cpu()
                              for j in range(0, len(crops), 64)])  # (S, N, D)

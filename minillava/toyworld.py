@@ -401,11 +401,67 @@ def canvas_patches(scene: Scene, grid: int) -> list[bool]:
             for gy in range(grid) for gx in range(grid)]
 
 
-def character_crop(scene: Scene, size: int, rng: random.Random) -> tuple[int, int]:
-    """Top-left corner of a ``size`` x ``size`` full-resolution crop that holds the scene's printed character
-    (at a random place in the crop): a close-up such as one HD grid cell shows."""
-    x = min(max(0, scene.char_xy[0] - rng.randint(4, size - 12)), scene.width - size)
-    return x, scene.height - size
+def close_up(scene: Scene, size: int, rng: random.Random, around_character: bool = False,
+             fill: tuple[int, int, int] = (0, 0, 0), max_cells: int = 4) -> tuple[Image.Image, tuple[float, float, float]]:
+    """A ``size`` x ``size`` close-up of the scene as an HD grid cell shows it, and its view ``(left, top,
+    side)`` in canvas pixels (for ``patch_labels``).
+
+    The scene is laid out as the grid encoder lays it out (``hd.split_into_cells`` with the grids of at most
+    ``max_cells`` cells, the ablation's HD grid): resized into the grid (0.8 for this world's 160 x 128 and
+    128 x 160 canvases, 1.0 for the square one), top-left, the rest padded with ``fill``; then cropped at a
+    random place. ``around_character``: a place where the scene's printed character lies anywhere inside the
+    crop (the grid's own cells are some of these places), so that the tower learns to read a glyph wherever it
+    falls across its patches.
+    """
+    from .hd import HDConfig, choose_grid, fitted_size
+
+    grid = choose_grid(scene.width, scene.height, size, HDConfig(max_cells=max_cells).grid_list())
+    scale = min(grid[0] * size / scene.width, grid[1] * size / scene.height)  # as fitted_size: w, h rounded
+    canvas = Image.new("RGB", (grid[0] * size, grid[1] * size), fill)
+    canvas.paste(draw_scene(scene).resize(fitted_size(scene.width, scene.height, grid, size), Image.BICUBIC))
+    if around_character and scene.character:
+        cx, cy = (scene.char_xy[0] + 3) * scale, (scene.char_xy[1] + 6) * scale  # the glyph's centre, resized
+        x = int(min(max(0, cx - rng.uniform(4, size - 4)), canvas.width - size))
+        y = int(min(max(0, cy - rng.uniform(4, size - 4)), canvas.height - size))
+    else:
+        x, y = rng.randint(0, canvas.width - size), rng.randint(0, canvas.height - size)
+    return canvas.crop((x, y, x + size, y + size)), (x / scale, y / scale, size / scale)
+
+
+def glyph_patches(scene: Scene, grid: int, view: tuple[float, float, float]) -> tuple[int | None, list[int]]:
+    """The patch holding the centre of the scene's printed character and every patch its glyph covers, in a
+    ``grid`` x ``grid`` image of ``view`` (row-major indices; ``None`` and ``[]`` where it is not in view)."""
+    if not scene.character:
+        return None, []
+    left, top, side = view
+    x, y = scene.char_xy
+    cell = side / grid
+
+    def inside(gx: float, gy: float) -> bool:
+        return 0 <= gx < grid and 0 <= gy < grid
+
+    # the glyph of the 9-pixel font spans about (x + 1, y + 3) to (x + 6, y + 9) from the point it is drawn at
+    cx, cy = (x + 3 - left) / cell, (y + 6 - top) / cell
+    centre = int(cy) * grid + int(cx) if inside(cx, cy) else None
+    covered = [gy * grid + gx for gy in range(int((y + 3 - top) // cell), int((y + 9 - top) // cell) + 1)
+               for gx in range(int((x + 1 - left) // cell), int((x + 6 - left) // cell) + 1) if inside(gx, gy)]
+    return centre, covered
+
+
+def character_cell(scene: Scene, size: int, grid: int, fill: tuple[int, int, int],
+                   max_cells: int = 4) -> tuple[Image.Image, int | None]:
+    """The HD grid cell that shows the scene's printed character (``hd.split_into_cells`` with at most
+    ``max_cells`` cells, no global view: the ablation's HD grid) and the patch of its ``grid`` x ``grid``
+    holding the glyph's centre."""
+    from .hd import HDConfig, choose_grid, split_into_cells
+
+    config = HDConfig(max_cells=max_cells, global_context=False)
+    cols, rows = choose_grid(scene.width, scene.height, size, config.grid_list())
+    scale = min(cols * size / scene.width, rows * size / scene.height)  # the grid's resize (hd.fitted_size)
+    col = min(cols - 1, int((scene.char_xy[0] + 3) * scale) // size)
+    row = min(rows - 1, int((scene.char_xy[1] + 6) * scale) // size)
+    cell = split_into_cells(draw_scene(scene), config, size, fill)[row * cols + col]
+    return cell, glyph_patches(scene, grid, (col * size / scale, row * size / scale, size / scale))[0]
 
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES), "character": list(CHARACTERS),
@@ -417,8 +473,8 @@ def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | Non
     """What lies under each patch: ``grid * grid`` rows of ``[colour, shape, size, character, position]`` indices
     into ``ATTRIBUTES``, -100 where there is nothing to say (background; the character unless ``character``).
 
-    The vision tower learns from these (``backbones.pretrain_vision_tower``). The character is labelled on the one
-    patch holding the centre of its glyph, and only when asked: in a close-up, where it is legible. An object's
+    The vision tower learns from these (``backbones.pretrain_vision_tower``). The character is labelled on every
+    patch its glyph covers, and only when asked: in a close-up, where it is legible. An object's
     position (``where``: thirds of the canvas) is labelled on all of its patches, as its colour is (on its centre
     patch alone, one large object's patches read as two objects to the LM's counting: docs/findings.md), and
     only in the whole view: a close-up does not show where it lies. (Labelling every canvas patch with where the *patch*
@@ -433,12 +489,9 @@ def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | Non
                                                                   ("size", t.size))]
             labels[i][4] = place
 
-    if character and scene.character:
-        left, top, side = view or padded_view(scene)
-        # the glyph of the 9-pixel font spans about (x, y + 3) to (x + 6, y + 9) from the point it is drawn at
-        gx, gy = ((scene.char_xy[0] + 3 - left) * grid / side, (scene.char_xy[1] + 6 - top) * grid / side)
-        if 0 <= gx < grid and 0 <= gy < grid:
-            labels[int(gy) * grid + int(gx)][3] = ATTRIBUTES["character"].index(scene.character)
+    if character and scene.character:  # on every patch its glyph covers, as an object's colour is
+        for i in glyph_patches(scene, grid, view or padded_view(scene))[1]:
+            labels[i][3] = ATTRIBUTES["character"].index(scene.character)
     return labels
 
 

@@ -1,6 +1,7 @@
 """The toy world and the data pipeline: determinism, validation, skipping, grouping, collation, datasets."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -192,7 +193,7 @@ def test_records_from_hugging_face_datasets(model):
     assert sample["image_size"] == (20, 10)
 
 
-TINY_SPEC = dict(corpus_scenes=60, tower_scenes=20, vision_steps=2, lm_steps=2, lm_caption_steps=1, lm_hop_steps=1,
+TINY_SPEC = dict(corpus_scenes=60, tower_scenes=20, glyph_close_ups=4, vision_steps=2, lm_steps=2, lm_caption_steps=1, lm_hop_steps=1,
                  lm_position_steps=1, probe_scenes=4)
 
 
@@ -243,7 +244,7 @@ def test_cached_builds_happen_aside_and_survive_a_concurrent_builder(world, tmp_
 
 
 def test_patch_labels_name_what_lies_under_each_patch():
-    from minillava.toyworld import ATTRIBUTES, Scene, Thing, draw_scene, patch_labels
+    from minillava.toyworld import ATTRIBUTES, Scene, Thing, draw_scene, glyph_patches, patch_labels
 
     # 128 x 128 canvas, 8 x 8 grid: 16 px cells with centres 8, 24, 40, ...; a large red circle (half-width 22)
     # at (40, 40) covers the centres 24, 40, 56 in x and y -> 9 patches
@@ -257,13 +258,58 @@ def test_patch_labels_name_what_lies_under_each_patch():
     # its place (centre (40, 40): the top-left third) on every one of its patches, as its colour is
     assert [i for i, row in enumerate(labels) if row[4] != -100] == on
     assert all(labels[i][4] == ATTRIBUTES["position"].index("top left") for i in on)
-    # a 64 px close-up at (64, 64) with 8 px cells: the glyph drawn at (100, 116) has its centre near (103, 122),
-    # cell ((103 - 64) // 8, (122 - 64) // 8) = (4, 7); the circle (18..62) lies outside the crop
+    # a 64 px close-up at (64, 64) with 8 px cells: the glyph drawn at (100, 116) spans about (101, 119) to
+    # (106, 125), cells x (101 - 64) // 8 = 4 to 5, y 6 to 7; its centre (103, 122) is in cell (4, 7). The
+    # circle (18..62) lies outside the crop.
     close = patch_labels(scene, grid=8, view=(64, 64, 64), character=True)
-    assert [i for i, row in enumerate(close) if row != [-100] * 5] == [7 * 8 + 4]  # no place: a crop hides it
-    assert close[7 * 8 + 4][3] == ATTRIBUTES["character"].index("A")
-    ink = draw_scene(scene).convert("L").crop((64 + 4 * 8, 64 + 7 * 8, 64 + 5 * 8, 64 + 8 * 8))  # that cell
+    glyph = [6 * 8 + 4, 6 * 8 + 5, 7 * 8 + 4, 7 * 8 + 5]
+    assert [i for i, row in enumerate(close) if row != [-100] * 5] == glyph  # no place: a crop hides it
+    assert all(close[i][3] == ATTRIBUTES["character"].index("A") for i in glyph)
+    assert glyph_patches(scene, 8, (64, 64, 64)) == (7 * 8 + 4, glyph)
+    ink = draw_scene(scene).convert("L").crop((64 + 4 * 8, 64 + 7 * 8, 64 + 5 * 8, 64 + 8 * 8))  # the centre's cell
     assert min(ink.getdata()) < 100  # the dark glyph is really drawn there
+
+
+def test_close_ups_show_the_scene_as_an_hd_cell_does():
+    from minillava.hd import HDConfig, fitted_size, split_into_cells
+    from minillava.toyworld import close_up, draw_scene, glyph_patches, make_scene
+
+    scenes = [s for s in (make_scene(seed) for seed in range(200)) if s.character][:40]
+    rng = random.Random(0)
+    for scene in scenes:
+        image, (left, top, side) = close_up(scene, 64, rng, around_character=True)
+        # a 2 x 2 grid of 64 px cells shows the square canvas at full scale, 160 x 128 and 128 x 160 at 0.8
+        assert image.size == (64, 64) and side == (64 if scene.width == scene.height else 80)
+        # the close-up is a crop of the scene resized as the grid encoder resizes it: its own first cell is one
+        scale = 64 / side
+        cells = split_into_cells(draw_scene(scene), HDConfig(max_cells=4, global_context=False), 64, (0, 0, 0))
+        resized = draw_scene(scene).resize(fitted_size(scene.width, scene.height, (2, 2), 64), Image.BICUBIC)
+        assert list(resized.crop((0, 0, 64, 64)).getdata()) == list(cells[0].getdata())
+        x, y = round(left * scale), round(top * scale)
+        assert list(resized.crop((x, y, x + 64, y + 64)).getdata()) == list(image.getdata())
+        # the glyph's centre patch is in view and really holds ink, wherever the crop put it
+        centre, covered = glyph_patches(scene, 8, (left, top, side))
+        assert centre in covered
+        row, col = divmod(centre, 8)
+        assert min(image.convert("L").crop((col * 8, row * 8, col * 8 + 8, row * 8 + 8)).getdata()) < 140
+
+
+def test_the_character_cell_is_the_hd_grid_cell_that_shows_the_glyph():
+    from minillava.hd import HDConfig, split_into_cells
+    from minillava.toyworld import character_cell, make_scene
+
+    scenes = [s for s in (make_scene(seed) for seed in range(200)) if s.character][:40]
+    assert {(s.width, s.height) for s in scenes} == {(128, 128), (160, 128), (128, 160)}  # scales 1.0 and 0.8
+    for scene in scenes:
+        cell, centre = character_cell(scene, 64, 8, fill=(255, 255, 255))
+        cells = split_into_cells(draw_scene(scene), HDConfig(max_cells=4, global_context=False), 64, (255,) * 3)
+        assert any(list(cell.getdata()) == list(c.getdata()) for c in cells)  # one of the grid's own cells
+        # the glyph (its dark grey ink; blue shapes are dark too, but not grey) is centred on the named patch
+        ink = [(i % 64, i // 64) for i, (r, g, b) in enumerate(cell.getdata()) if max(r, g, b) < 150]
+        x = (min(x for x, _ in ink) + max(x for x, _ in ink)) / 2
+        y = (min(y for _, y in ink) + max(y for _, y in ink)) / 2
+        row, col = divmod(centre, 8)
+        assert col * 8 - 1.5 <= x <= col * 8 + 9.5 and row * 8 - 1.5 <= y <= row * 8 + 9.5, (scene, x, y, centre)
 
 
 def test_canvas_patches_mark_the_padding():
