@@ -401,6 +401,22 @@ def canvas_patches(scene: Scene, grid: int) -> list[bool]:
             for gy in range(grid) for gx in range(grid)]
 
 
+def grid_layout(scene: Scene, size: int, max_cells: int = 4) -> tuple[tuple[int, int], float]:
+    """How the HD grid encoder lays the scene out (``hd.split_into_cells`` with the grids of at most ``max_cells``
+    cells): its ``(columns, rows)`` of ``size``-pixel cells and the scale the canvas is resized by (0.8 for this
+    world's 160 x 128 and 128 x 160 canvases, 1.0 for the square one; ``hd.fitted_size`` rounds the sides)."""
+    from .hd import HDConfig, choose_grid
+
+    grid = choose_grid(scene.width, scene.height, size, HDConfig(max_cells=max_cells).grid_list())
+    return grid, min(grid[0] * size / scene.width, grid[1] * size / scene.height)
+
+
+def glyph_centre(scene: Scene) -> tuple[int, int]:
+    """The centre of the scene's printed character on its canvas (the 9-pixel font draws the glyph about 3 px
+    right of and 6 px below the point it is drawn at)."""
+    return scene.char_xy[0] + 3, scene.char_xy[1] + 6
+
+
 def close_up(scene: Scene, size: int, rng: random.Random, around_character: bool = False,
              fill: tuple[int, int, int] = (0, 0, 0), max_cells: int = 4) -> tuple[Image.Image, tuple[float, float, float]]:
     """A ``size`` x ``size`` close-up of the scene as an HD grid cell shows it, and its view ``(left, top,
@@ -413,14 +429,13 @@ def close_up(scene: Scene, size: int, rng: random.Random, around_character: bool
     crop (the grid's own cells are some of these places), so that the tower learns to read a glyph wherever it
     falls across its patches.
     """
-    from .hd import HDConfig, choose_grid, fitted_size
+    from .hd import fitted_size
 
-    grid = choose_grid(scene.width, scene.height, size, HDConfig(max_cells=max_cells).grid_list())
-    scale = min(grid[0] * size / scene.width, grid[1] * size / scene.height)  # as fitted_size: w, h rounded
+    grid, scale = grid_layout(scene, size, max_cells)
     canvas = Image.new("RGB", (grid[0] * size, grid[1] * size), fill)
     canvas.paste(draw_scene(scene).resize(fitted_size(scene.width, scene.height, grid, size), Image.BICUBIC))
     if around_character and scene.character:
-        cx, cy = (scene.char_xy[0] + 3) * scale, (scene.char_xy[1] + 6) * scale  # the glyph's centre, resized
+        cx, cy = (c * scale for c in glyph_centre(scene))  # resized as the scene is
         x = int(min(max(0, cx - rng.uniform(4, size - 4)), canvas.width - size))
         y = int(min(max(0, cy - rng.uniform(4, size - 4)), canvas.height - size))
     else:
@@ -441,7 +456,7 @@ def glyph_patches(scene: Scene, grid: int, view: tuple[float, float, float]) -> 
         return 0 <= gx < grid and 0 <= gy < grid
 
     # the glyph of the 9-pixel font spans about (x + 1, y + 3) to (x + 6, y + 9) from the point it is drawn at
-    cx, cy = (x + 3 - left) / cell, (y + 6 - top) / cell
+    cx, cy = (glyph_centre(scene)[0] - left) / cell, (glyph_centre(scene)[1] - top) / cell
     centre = int(cy) * grid + int(cx) if inside(cx, cy) else None
     covered = [gy * grid + gx for gy in range(int((y + 3 - top) // cell), int((y + 9 - top) // cell) + 1)
                for gx in range(int((x + 1 - left) // cell), int((x + 6 - left) // cell) + 1) if inside(gx, gy)]
@@ -453,13 +468,12 @@ def character_cell(scene: Scene, size: int, grid: int, fill: tuple[int, int, int
     """The HD grid cell that shows the scene's printed character (``hd.split_into_cells`` with at most
     ``max_cells`` cells, no global view: the ablation's HD grid) and the patch of its ``grid`` x ``grid``
     holding the glyph's centre."""
-    from .hd import HDConfig, choose_grid, split_into_cells
+    from .hd import HDConfig, split_into_cells
 
     config = HDConfig(max_cells=max_cells, global_context=False)
-    cols, rows = choose_grid(scene.width, scene.height, size, config.grid_list())
-    scale = min(cols * size / scene.width, rows * size / scene.height)  # the grid's resize (hd.fitted_size)
-    col = min(cols - 1, int((scene.char_xy[0] + 3) * scale) // size)
-    row = min(rows - 1, int((scene.char_xy[1] + 6) * scale) // size)
+    (cols, rows), scale = grid_layout(scene, size, max_cells)
+    col = min(cols - 1, int(glyph_centre(scene)[0] * scale) // size)
+    row = min(rows - 1, int(glyph_centre(scene)[1] * scale) // size)
     cell = split_into_cells(draw_scene(scene), config, size, fill)[row * cols + col]
     return cell, glyph_patches(scene, grid, (col * size / scale, row * size / scale, size / scale))[0]
 
