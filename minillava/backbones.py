@@ -9,6 +9,7 @@ tower, a Llama LM, a ``tokenizers`` BPE tokenizer) saved with ``save_pretrained`
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -405,13 +406,14 @@ def tower_data(spec: BackboneSpec) -> tuple[list[Image.Image], torch.Tensor, tor
         image, view = close_up(scene, size, rng, around_character=rng.random() < 0.7, fill=pad)
         images.append(image)
         labels.append(patch_labels(scene, grid, view=view, character=True))
-    glyphs = (scene for i in range(10**9) if (scene := make_scene(2 * 10**9 + spec.seed * 7919 + i)).character)
-    for scene, _ in zip(glyphs, range(spec.glyph_close_ups)):
+    scenes = (make_scene(2 * 10**9 + spec.seed * 7919 + i) for i in itertools.count())
+    for scene in itertools.islice((s for s in scenes if s.character), spec.glyph_close_ups):
         image, view = close_up(scene, size, rng, around_character=True, fill=pad)
         images.append(image)
         labels.append(patch_labels(scene, grid, view=view, character=True))
     weights = torch.ones(len(images))
-    weights[0:2 * spec.tower_scenes:2] = (len(images) - spec.tower_scenes) / spec.tower_scenes  # the whole views
+    # the whole views (every other image of the first 2 * tower_scenes) weigh as much as all the close-ups together
+    weights[0:2 * spec.tower_scenes:2] = (len(images) - spec.tower_scenes) / spec.tower_scenes
     return images, torch.tensor(labels), weights
 
 

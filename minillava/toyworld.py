@@ -418,7 +418,8 @@ def glyph_centre(scene: Scene) -> tuple[int, int]:
 
 
 def close_up(scene: Scene, size: int, rng: random.Random, around_character: bool = False,
-             fill: tuple[int, int, int] = (0, 0, 0), max_cells: int = 4) -> tuple[Image.Image, tuple[float, float, float]]:
+             fill: tuple[int, int, int] = (0, 0, 0),
+             max_cells: int = 4) -> tuple[Image.Image, tuple[float, float, float]]:
     """A ``size`` x ``size`` close-up of the scene as an HD grid cell shows it, and its view ``(left, top,
     side)`` in canvas pixels (for ``patch_labels``).
 
