@@ -1,8 +1,10 @@
 """`minillava ablate`: format-prompt stripping, the claims logic, and a whole ablation on a tiny budget."""
 
+import hashlib
 import json
 
 import pytest
+import torch
 
 from minillava.ablate import GROUPS, Budget, ablate, claims_table
 from minillava.prompts import MULTIPLE_CHOICE, REGION_TO_TEXT, SHORT_ANSWER, strip_format_prompts, with_format_prompt
@@ -65,3 +67,27 @@ def test_ablate_quick_command_prints_the_claims(tmp_path, toy_cache, monkeypatch
     out = capsys.readouterr().out
     assert "format prompts make short prompts get short answers" in out and "no verdict (1 seed: " in out
     assert (tmp_path / "out" / "ablation.md").exists()
+
+
+def test_runs_in_parallel_processes_give_the_runs_of_one_process(tmp_path, toy_cache, monkeypatch):
+    """Two worker processes of one thread each train exactly the models one process of one thread trains: each
+    run in its own folder, its own seed, its own variant (a mix-up or a lost seed changes the weights)."""
+    monkeypatch.setenv("MINILLAVA_CACHE", str(toy_cache))
+    budget = Budget.tiny()
+    budget.seeds = [0, 1]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ablate(tmp_path / "one", budget, groups=["format"], progress=False, jobs=1)
+        torch.set_num_threads(2)  # the two processes get one thread each
+        two = ablate(tmp_path / "two", budget, groups=["format"], progress=False, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two
+
+    def weights(folder):
+        return {run.name: hashlib.sha256((run / "stage2" / "model" / "model.safetensors").read_bytes()).hexdigest()
+                for run in (folder / "runs").iterdir()}
+
+    assert weights(tmp_path / "one") == weights(tmp_path / "two")
+    assert len(set(weights(tmp_path / "one").values())) == 4  # 2 variants x 2 seeds, all different models
