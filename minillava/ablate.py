@@ -16,6 +16,7 @@ Whatever the numbers say is the result; ``claims_table`` compares each with the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -135,20 +136,29 @@ def _cost(variant: Variant) -> int:
     return 1 if variant.hd is None else 4 + int(variant.hd.global_context)
 
 
-def _set_threads(threads: int) -> None:  # each worker process's torch threads (a top-level function: picklable)
+def _start_worker(threads: int) -> None:
+    """Set up one worker process: its torch threads, and no loading bars (the ablation's own bar counts runs)."""
+    from transformers.utils import logging
+
     torch.set_num_threads(threads)
+    logging.disable_progress_bar()
 
 
 def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | None = None,
-           progress: bool = True, jobs: int | None = None) -> dict[str, dict[str, list[dict[str, float]]]]:
+           progress: bool = True, jobs: int | None = None,
+           resume: bool = False) -> dict[str, dict[str, list[dict[str, float]]]]:
     """Run every variant of ``groups`` (default: all) for every seed; write ``ablation.md``, ``ablation.json``
     and ``ablation.png`` under ``out``; return ``{group: {variant name: [summary per seed]}}``.
 
+    Each finished run leaves ``out/runs/<run>/run.json``: what it was (variant, seed, budget, toy world and
+    backbones) and its summary. ``resume=True`` keeps the finished runs of an earlier, interrupted ablation into
+    the same ``out`` whose ``run.json`` says they are the same runs, and trains only the others.
+
     ``jobs``: runs trained at once, each in its own process (default: one per CPU core, at most one per run).
     The runs are independent, and these tiny models keep one core busier than two cores share one run
-    (measured: two one-thread runs side by side do 24% more steps per second than one two-thread run;
-    bench/README.md). Each process gets ``torch.get_num_threads() // jobs`` threads (at least one);
-    ``jobs=1`` trains every run in this process, as it is set up.
+    (on 2 cores the whole ablation takes 28 min instead of 33, with the same results; bench/README.md). Each
+    process gets ``torch.get_num_threads() // jobs`` threads (at least one); ``jobs=1`` trains every run in this
+    process, as it is set up.
     """
     from tqdm.auto import tqdm
 
@@ -166,26 +176,43 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
     todo = {v.key(): v for g in groups for v in GROUPS[g]}  # the baseline appears in every group: trained once
     tasks = [(key, variant, seed, out / "runs" / f"variant{i}-seed{seed}")
              for i, (key, variant) in enumerate(todo.items()) for seed in budget.seeds]
-    jobs = max(1, min(len(tasks), jobs or os.cpu_count() or 1))
     runs: dict[str, dict[int, dict[str, float]]] = {key: {} for key in todo}  # variant key -> seed -> summary
+    made_of = {"budget": {k: v for k, v in asdict(budget).items() if k != "seeds"},
+               "world": json.loads((world / "world.json").read_text()),
+               "backbones": hashlib.sha256((vision_dir.parent / "manifest.json").read_bytes()).hexdigest()[:12]}
+
+    def finished(key: str, variant: Variant, seed: int, folder: Path, summary: dict[str, float]) -> None:
+        runs[key][seed] = summary
+        (folder / "run.json").write_text(json.dumps({"variant": variant.key(), "seed": seed, **made_of,
+                                                     "summary": summary}, indent=2))
+
+    if resume:
+        for key, variant, seed, folder in tasks:
+            done = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+            if done.get("summary") and done == {"variant": variant.key(), "seed": seed, **made_of,
+                                                  "summary": done["summary"]}:
+                runs[key][seed] = done["summary"]
+        tasks = [task for task in tasks if task[2] not in runs[task[0]]]
+    jobs = max(1, min(len(tasks), jobs or os.cpu_count() or 1))
     with tqdm(total=len(tasks), desc="ablation runs", disable=not progress) as bar:
         if jobs == 1:
             for key, variant, seed, folder in tasks:
-                runs[key][seed] = run_variant(variant, world, vision_dir, llm_dir, seed, budget, folder)
+                finished(key, variant, seed, folder,
+                         run_variant(variant, world, vision_dir, llm_dir, seed, budget, folder))
                 bar.update()
         else:
             # the longest runs first, so that no process is left with a long one at the end
             tasks.sort(key=lambda task: -_cost(task[1]))
             threads = max(1, torch.get_num_threads() // jobs)
-            pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_set_threads,
+            pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker,
                                        initargs=(threads,))
             with pool:
                 futures = {pool.submit(run_variant, variant, world, vision_dir, llm_dir, seed, budget, folder):
-                           (key, variant, seed) for key, variant, seed, folder in tasks}
+                           (key, variant, seed, folder) for key, variant, seed, folder in tasks}
                 for future in as_completed(futures):
-                    key, variant, seed = futures[future]
+                    key, variant, seed, folder = futures[future]
                     try:
-                        runs[key][seed] = future.result()
+                        finished(key, variant, seed, folder, future.result())
                     except Exception as err:
                         pool.shutdown(cancel_futures=True)  # the other runs still going finish; none start
                         raise RuntimeError(f"ablation run '{variant.name}', seed {seed} failed: {err}") from err

@@ -210,7 +210,8 @@ def ablate(args: argparse.Namespace) -> None:
     budget = Budget.quick() if args.quick else Budget()
     if args.seeds:
         budget.seeds = list(range(args.seeds))
-    results = ablate(args.out, budget, args.groups.split(",") if args.groups else None, jobs=args.jobs)
+    results = ablate(args.out, budget, args.groups.split(",") if args.groups else None, jobs=args.jobs,
+                     resume=args.resume)
     print(claims_table(results))
     print(f"report: {Path(args.out) / 'ablation.md'}")
 
@@ -328,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, help="number of seeds (default 3, --quick 1)")
     p.add_argument("--groups", help="comma-separated subset of: connector,format,resolution")
     p.add_argument("--jobs", type=int, help="runs trained at once, one process each (default: one per CPU core)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished runs of an interrupted ablation into the same --out; train the rest")
     p.set_defaults(func=ablate)
 
     args = parser.parse_args(argv)

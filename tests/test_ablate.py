@@ -91,3 +91,23 @@ def test_runs_in_parallel_processes_give_the_runs_of_one_process(tmp_path, toy_c
 
     assert weights(tmp_path / "one") == weights(tmp_path / "two")
     assert len(set(weights(tmp_path / "one").values())) == 4  # 2 variants x 2 seeds, all different models
+
+
+def test_resume_trains_only_the_runs_that_did_not_finish(tmp_path, toy_cache, monkeypatch):
+    import minillava.ablate as ablate_module
+
+    monkeypatch.setenv("MINILLAVA_CACHE", str(toy_cache))
+    budget = Budget.tiny()
+    budget.seeds = [0, 1]
+    first = ablate(tmp_path, budget, groups=["format"], progress=False, jobs=1)
+    (tmp_path / "runs" / "variant1-seed1" / "run.json").unlink()  # as if the ablation was killed in this run
+    trained, run_variant = [], ablate_module.run_variant
+    monkeypatch.setattr(ablate_module, "run_variant",
+                        lambda variant, *args: trained.append((variant.name, args[3])) or run_variant(variant, *args))
+    assert ablate(tmp_path, budget, groups=["format"], progress=False, jobs=1, resume=True) == first
+    assert trained == [("with format prompts", 1)]
+    # another budget makes other runs: none of the earlier ones is kept
+    trained.clear()
+    budget.stage2_steps += 1
+    ablate(tmp_path, budget, groups=["format"], progress=False, jobs=1, resume=True)
+    assert len(trained) == 4
