@@ -480,19 +480,16 @@ def character_cell(scene: Scene, size: int, grid: int, fill: tuple[int, int, int
 
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES), "character": list(CHARACTERS),
-              "position": POSITIONS, "printed": ["no", "yes"]}
+              "position": POSITIONS}
 
 
 def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | None = None,
                  character: bool = False) -> list[list[int]]:
-    """What lies under each patch: ``grid * grid`` rows of ``[colour, shape, size, character, position, printed]``
-    indices into ``ATTRIBUTES``, -100 where there is nothing to say (background; the character unless
-    ``character``).
+    """What lies under each patch: ``grid * grid`` rows of ``[colour, shape, size, character, position]`` indices
+    into ``ATTRIBUTES``, -100 where there is nothing to say (background; the character unless ``character``).
 
     The vision tower learns from these (``backbones.pretrain_vision_tower``). The character is labelled on every
-    patch its glyph covers, and only when asked: in a close-up, where it is legible. Whether something is printed
-    there ("yes" on the glyph's patches, "no" on every other patch) is labelled in every view, legible or not, as
-    CLIP sees that an image holds text it cannot read (experiment: docs/findings.md, 2026-12-05). An object's
+    patch its glyph covers, and only when asked: in a close-up, where it is legible. An object's
     position (``where``: thirds of the canvas) is labelled on all of its patches, as its colour is (on its centre
     patch alone, one large object's patches read as two objects to the LM's counting: docs/findings.md), and
     only in the whole view: a close-up does not show where it lies. (Labelling every canvas patch with where the *patch*
@@ -507,13 +504,8 @@ def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | Non
                                                                   ("size", t.size))]
             labels[i][4] = place
 
-    for row in labels:
-        row[5] = 0
-    glyph = glyph_patches(scene, grid, view or padded_view(scene))[1]
-    for i in glyph:  # that something is printed there shows in every view, legible or not
-        labels[i][5] = 1
     if character and scene.character:  # on every patch its glyph covers, as an object's colour is
-        for i in glyph:
+        for i in glyph_patches(scene, grid, view or padded_view(scene))[1]:
             labels[i][3] = ATTRIBUTES["character"].index(scene.character)
     return labels
 
