@@ -57,9 +57,11 @@ def toy_llava(fast: bool = False, progress: bool = True) -> tuple[MiniLlava, Pat
     from .toyworld import building_folder, move_into_place
 
     world, vision_dir, llm_dir = toy_setup(fast=fast, progress=progress)
-    # named after the backbones' manifest, so that rebuilt backbones never meet a model trained on older ones
-    backbones = hashlib.sha256((vision_dir.parent / "manifest.json").read_bytes()).hexdigest()[:12]
-    run = cache_dir() / f"toy-llava-{backbones}{'-fast' if fast else ''}"
+    # named after the backbones' manifest and the two recipes, so that rebuilt backbones or a changed recipe
+    # never meet a model trained before
+    made_of = [vision_dir.parent / "manifest.json", *(RECIPES / f"toy-stage{stage}.yaml" for stage in (1, 2))]
+    key = hashlib.sha256(b"".join(path.read_bytes() for path in made_of)).hexdigest()[:12]
+    run = cache_dir() / f"toy-llava-{key}{'-fast' if fast else ''}"
 
     def complete(folder: Path) -> bool:
         return (folder / "stage2" / "model" / "model.safetensors").exists()
