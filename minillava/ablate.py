@@ -132,7 +132,7 @@ def ablation_world(budget: Budget) -> Path:
 
 
 def _cost(variant: Variant) -> int:
-    """A variant's image tokens per image (base 1, HD grid ~4, + global ~5): how long its runs take, roughly."""
+    """Encoder views per image (base 1, HD grid up to 4 cells, + 1 global view): how long its runs take, roughly."""
     return 1 if variant.hd is None else 4 + int(variant.hd.global_context)
 
 

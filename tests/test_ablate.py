@@ -101,7 +101,7 @@ def test_resume_trains_only_the_runs_that_did_not_finish(tmp_path, toy_cache, mo
     budget.seeds = [0, 1]
     first = ablate(tmp_path, budget, groups=["format"], progress=False, jobs=1)
     (tmp_path / "runs" / "variant1-seed1" / "run.json").unlink()  # as if the ablation was killed in this run
-    trained, run_variant = [], ablate_module.run_variant
+    trained, run_variant = [], ablate_module.run_variant  # jobs=1 below: the spy must run in this process
     monkeypatch.setattr(ablate_module, "run_variant",
                         lambda variant, *args: trained.append((variant.name, args[3])) or run_variant(variant, *args))
     assert ablate(tmp_path, budget, groups=["format"], progress=False, jobs=1, resume=True) == first
