@@ -101,7 +101,8 @@ def summarise(results: dict[str, dict]) -> dict[str, float]:
 
 def run_variant(variant: Variant, world: Path, vision_dir: Path, llm_dir: Path, seed: int, budget: Budget,
                 out: Path) -> dict[str, float]:
-    """Train one variant (stage 1 + stage 2) with one seed and evaluate it; returns ``summarise`` of it."""
+    """Train one variant (stage 1 + stage 2) with one seed and evaluate it; returns ``summarise`` of it
+    (``ablate`` writes it into ``out/run.json``, with what the run was)."""
     from .toy import toy_recipes, train_toy  # the toy recipe, shrunk to the budget
 
     torch.manual_seed(seed)
@@ -119,9 +120,7 @@ def run_variant(variant: Variant, world: Path, vision_dir: Path, llm_dir: Path, 
         stage2.data = str(out / "stage2_without_format_prompts.json")
         Path(stage2.data).write_text(json.dumps(records))
     train_toy(model, stage1, stage2, out, progress=False)
-    summary = summarise(evaluate_toy(model.eval(), world, out, progress=False))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return summarise(evaluate_toy(model.eval(), world, out, progress=False))
 
 
 def ablation_world(budget: Budget) -> Path:

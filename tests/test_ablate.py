@@ -74,7 +74,7 @@ def test_runs_in_parallel_processes_give_the_runs_of_one_process(tmp_path, toy_c
     run in its own folder, its own seed, its own variant (a mix-up or a lost seed changes the weights)."""
     monkeypatch.setenv("MINILLAVA_CACHE", str(toy_cache))
     budget = Budget.tiny()
-    budget.seeds = [0, 1]
+    budget.seeds = [1]  # not the default 0: a worker that lost its seed would train another model
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -90,7 +90,7 @@ def test_runs_in_parallel_processes_give_the_runs_of_one_process(tmp_path, toy_c
                 for run in (folder / "runs").iterdir()}
 
     assert weights(tmp_path / "one") == weights(tmp_path / "two")
-    assert len(set(weights(tmp_path / "one").values())) == 4  # 2 variants x 2 seeds, all different models
+    assert len(set(weights(tmp_path / "one").values())) == 2  # 2 variants, different models
 
 
 def test_resume_trains_only_the_runs_that_did_not_finish(tmp_path, toy_cache, monkeypatch):
