@@ -16,7 +16,6 @@ Whatever the numbers say is the result; ``claims_table`` compares each with the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import statistics
@@ -149,9 +148,10 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
     """Run every variant of ``groups`` (default: all) for every seed; write ``ablation.md``, ``ablation.json``
     and ``ablation.png`` under ``out``; return ``{group: {variant name: [summary per seed]}}``.
 
-    Each finished run leaves ``out/runs/<run>/run.json``: what it was (variant, seed, budget, toy world and
-    backbones) and its summary. ``resume=True`` keeps the finished runs of an earlier, interrupted ablation into
-    the same ``out`` whose ``run.json`` says they are the same runs, and trains only the others.
+    Each finished run leaves ``out/runs/<run>/run.json``: what it was (variant, seed, budget, toy world, backbones
+    and recipes: ``toy.toy_fingerprint``) and its summary. ``resume=True`` keeps the finished runs of an earlier,
+    interrupted ablation into the same ``out`` whose ``run.json`` says they are the same runs, and trains only the
+    others.
 
     ``jobs``: runs trained at once, each in its own process (default: one per CPU core, at most one per run).
     The runs are independent, and these tiny models keep one core busier than two cores share one run
@@ -162,6 +162,7 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
     from tqdm.auto import tqdm
 
     from .backbones import toy_backbones
+    from .toy import toy_fingerprint
     from .toyworld import write_world
 
     budget, out = budget or Budget(), Path(out)
@@ -178,7 +179,7 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
     runs: dict[str, dict[int, dict[str, float]]] = {key: {} for key in todo}  # variant key -> seed -> summary
     made_of = {"budget": {k: v for k, v in asdict(budget).items() if k != "seeds"},
                "world": json.loads((world / "world.json").read_text()),
-               "backbones": hashlib.sha256((vision_dir.parent / "manifest.json").read_bytes()).hexdigest()[:12]}
+               "backbones and recipes": toy_fingerprint(vision_dir.parent)}
 
     def finished(key: str, variant: Variant, seed: int, folder: Path, summary: dict[str, float]) -> None:
         runs[key][seed] = summary

@@ -34,6 +34,14 @@ def toy_recipes(world: str | Path, fast: bool = False) -> tuple[Recipe, Recipe]:
     return stage1, stage2
 
 
+def toy_fingerprint(backbones: str | Path) -> str:
+    """What a toy model trained by ``train_toy`` is made of, in 12 hex digits: the backbones' ``manifest.json``
+    (folder ``backbones``) and the two toy recipes. Cached and resumed toy runs are named after it, so that rebuilt
+    backbones or a changed recipe never meet a model trained before."""
+    made_of = [Path(backbones) / "manifest.json", *(RECIPES / f"toy-stage{stage}.yaml" for stage in (1, 2))]
+    return hashlib.sha256(b"".join(path.read_bytes() for path in made_of)).hexdigest()[:12]
+
+
 def train_toy(model: MiniLlava, stage1: Recipe, stage2: Recipe, out: str | Path,
               progress: bool = True) -> MiniLlava:
     """Stage 1, then stage 2 from the stage-1 connector: ``out/stage1`` and ``out/stage2`` (LLaVA-1.5's order).
@@ -57,11 +65,7 @@ def toy_llava(fast: bool = False, progress: bool = True) -> tuple[MiniLlava, Pat
     from .toyworld import building_folder, move_into_place
 
     world, vision_dir, llm_dir = toy_setup(fast=fast, progress=progress)
-    # named after the backbones' manifest and the two recipes, so that rebuilt backbones or a changed recipe
-    # never meet a model trained before
-    made_of = [vision_dir.parent / "manifest.json", *(RECIPES / f"toy-stage{stage}.yaml" for stage in (1, 2))]
-    key = hashlib.sha256(b"".join(path.read_bytes() for path in made_of)).hexdigest()[:12]
-    run = cache_dir() / f"toy-llava-{key}{'-fast' if fast else ''}"
+    run = cache_dir() / f"toy-llava-{toy_fingerprint(vision_dir.parent)}{'-fast' if fast else ''}"
 
     def complete(folder: Path) -> bool:
         return (folder / "stage2" / "model" / "model.safetensors").exists()

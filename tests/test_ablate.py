@@ -110,3 +110,15 @@ def test_resume_trains_only_the_runs_that_did_not_finish(tmp_path, toy_cache, mo
     budget.stage2_steps += 1
     ablate(tmp_path, budget, groups=["format"], progress=False, jobs=1, resume=True)
     assert len(trained) == 2
+    # so does another toy recipe (a comment changes the file, and the runs are not taken for the same)
+    import shutil
+
+    import minillava.toy as toy_module
+
+    recipes = shutil.copytree(toy_module.RECIPES, tmp_path / "recipes")
+    with open(recipes / "toy-stage2.yaml", "a") as f:
+        f.write("# edited\n")
+    monkeypatch.setattr(toy_module, "RECIPES", recipes)
+    trained.clear()
+    ablate(tmp_path, budget, groups=["format"], progress=False, jobs=1, resume=True)
+    assert len(trained) == 2
