@@ -33,7 +33,7 @@ from transformers import (
 
 # Llama's layout: <unk>=0, <s>=1, </s>=2; then the pad and image tokens LLaVA needs.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-BACKBONES_VERSION = 8  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
+BACKBONES_VERSION = 9  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000,
@@ -140,7 +140,8 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
     """A tiny CLIP vision tower pretrained to say what lies under each of its patches.
 
     ``images`` are square; ``labels`` is ``(images, patches, attributes)``: for each patch the class index of
-    each attribute of what lies under it (the toy world's colour, shape, size, character and place), -100 where there is
+    each attribute of what lies under it (the toy world's colour, shape, size, character and place) and of what the
+    whole scene holds (how many shapes, whether a character is printed: on every patch), -100 where there is
     nothing to say; ``classes[i]`` is how many values attribute i has; ``weights``: how often each image is drawn
     into a batch, relative to the others (default: all alike). One linear head per attribute reads every
     patch feature of the layer LLaVA uses (-2) and is trained with cross-entropy, plus a small penalty that keeps

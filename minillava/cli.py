@@ -16,7 +16,8 @@ def run_toy(args: argparse.Namespace) -> None:
     """The main job: toy world -> backbones -> stage 1 -> stage 2 -> evaluation -> report."""
     from .backbones import toy_setup
     from .toy import toy_recipes, train_toy
-    from .toyreport import answer_attention, evaluate_toy, failure_notes, probe_vision_features, write_report
+    from .toyreport import (answer_attention, evaluate_toy, failure_notes, probe_scene, probe_vision_features,
+                            write_report)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -27,7 +28,8 @@ def run_toy(args: argparse.Namespace) -> None:
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=args.connector)
     train_toy(model, *toy_recipes(world, args.fast), out)
     results = evaluate_toy(model, world, out, batch_size=64)
-    probe = probe_vision_features(model.encoder, n_scenes=40 if args.fast else 400, seed=args.seed)
+    probe = {**probe_vision_features(model.encoder, n_scenes=40 if args.fast else 400, seed=args.seed),
+             **probe_scene(model.encoder, n_scenes=40 if args.fast else 400, seed=args.seed)}
     attention = answer_attention(model, n_scenes=10 if args.fast else 100, seed=args.seed)
     print(write_report(results, out, world, probe, attention))
     print("\n".join(failure_notes(results, probe, attention)[2:]).strip())

@@ -97,6 +97,27 @@ def probe_character(encoder, n_scenes: int = 300, seed: int = 0, steps: int = 30
     return linear_probe(x, torch.tensor(labels), seed, steps, classes=len(ATTRIBUTES["character"]))
 
 
+def probe_scene(encoder, n_scenes: int = 400, seed: int = 0, steps: int = 300) -> dict[str, float]:
+    """How well what the whole scene holds can be read off *one* image token: for ``n_scenes`` fresh toy scenes
+    (padded, as in stage 2), the feature of one patch drawn at random is classified by a linear probe for how
+    many shapes the scene holds ("count", chance about 1/3) and whether a character is printed ("printed",
+    chance about 1/2). Held-out accuracy of each."""
+    import torch
+
+    from .toyworld import draw_scene, make_scene
+
+    scenes = [make_scene(9_000_000 + seed * 100_003 + i) for i in range(n_scenes)]
+    with torch.no_grad():
+        patches = torch.cat([encoder(encoder.preprocess([draw_scene(s) for s in scenes[i:i + 64]], "pad")).float().cpu()
+                             for i in range(0, n_scenes, 64)])  # (S, N, D)
+    rng = random.Random(seed)
+    x = patches[torch.arange(n_scenes), torch.tensor([rng.randrange(patches.shape[1]) for _ in scenes])]  # (S, D)
+    count = torch.tensor([len(s.things) - 1 for s in scenes])
+    printed = torch.tensor([int(s.character is not None) for s in scenes])
+    return {"count": linear_probe(x, count, seed, steps, classes=3),
+            "printed": linear_probe(x, printed, seed, steps, classes=2)}
+
+
 def linear_probe(x, y, seed: int = 0, steps: int = 300, classes: int | None = None) -> float:
     """Held-out accuracy of a linear classifier (softmax regression, Adam) fitted on the first 80% of the rows
     of ``x`` ``(S, D)`` to the class indices ``y`` ``(S,)``, scored on the rest. Features are standardised with
@@ -123,9 +144,11 @@ def linear_probe(x, y, seed: int = 0, steps: int = 300, classes: int | None = No
 
 def probe_patches(encoder, n_scenes: int = 400, seed: int = 0) -> dict[str, float]:
     """Everything the toy tower's patches should say: an object's colour, shape and size from its own patches
-    (``probe_vision_features``) and the printed character from a close-up's patch (``probe_character``)."""
+    (``probe_vision_features``), the printed character from a close-up's patch (``probe_character``), and how
+    many shapes the scene holds and whether anything is printed from any one patch (``probe_scene``)."""
     return {**probe_vision_features(encoder, n_scenes, seed),
-            "character": probe_character(encoder, max(20, 3 * n_scenes // 4), seed)}
+            "character": probe_character(encoder, max(20, 3 * n_scenes // 4), seed),
+            **probe_scene(encoder, n_scenes, seed)}
 
 
 def image_attention(model, images: Sequence[Image.Image], questions: Sequence[str]):
@@ -307,7 +330,8 @@ def failure_notes(results: dict[str, dict], probe: dict[str, float] | None = Non
                       "*the named* shape among several (binding)."]
     if probe:
         lines += ["", "What the vision features hold (a linear probe of each object's patch features on fresh "
-                  "scenes; chance: colour 25%, shape 33%, size 50%, position about 11%): "
+                  "scenes, and for what the whole scene holds, of one patch drawn at random; chance: colour 25%, "
+                  "shape 33%, size 50%, position about 11%, count about 33%, printed 50%): "
                   + ", ".join(f"{k} {v:.0%}" for k, v in probe.items()) + ". A task that needs an attribute the "
                   "features hold poorly is capped by it, however long the LM trains."]
     if attention:

@@ -479,14 +479,18 @@ def character_cell(scene: Scene, size: int, grid: int, fill: tuple[int, int, int
     return cell, glyph_patches(scene, grid, (col * size / scale, row * size / scale, size / scale))[0]
 
 
+# What the toy tower learns to say (``patch_labels``): what lies under a patch (the first five), and what the
+# whole scene holds (the last two: how many shapes, whether a character is printed), as CLIP's image-level
+# captions teach it "two dogs" and "a sign"
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES), "character": list(CHARACTERS),
-              "position": POSITIONS}
+              "position": POSITIONS, "count": ["1", "2", "3"], "printed": ["no", "yes"]}
 
 
 def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | None = None,
                  character: bool = False) -> list[list[int]]:
-    """What lies under each patch: ``grid * grid`` rows of ``[colour, shape, size, character, position]`` indices
-    into ``ATTRIBUTES``, -100 where there is nothing to say (background; the character unless ``character``).
+    """What lies under each patch: ``grid * grid`` rows of ``[colour, shape, size, character, position, count,
+    printed]`` indices into ``ATTRIBUTES``, -100 where there is nothing to say (background; the character unless
+    ``character``).
 
     The vision tower learns from these (``backbones.pretrain_vision_tower``). The character is labelled on every
     patch its glyph covers, and only when asked: in a close-up, where it is legible. An object's
@@ -494,6 +498,12 @@ def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | Non
     patch alone, one large object's patches read as two objects to the LM's counting: docs/findings.md), and
     only in the whole view: a close-up does not show where it lies. (Labelling every canvas patch with where the *patch*
     lies was tried: docs/findings.md, 2026-12-03.)
+
+    How many shapes the scene holds and whether a character is printed are labelled on *every* patch of the whole
+    view (a close-up shows part of the scene: nothing to say there). The LM then reads them off any image token,
+    as it reads a colour off an object's: counted object by object, the LM's count followed how many patches
+    each object covers (two small shapes read as one, two large ones as three), and from the glyph's own two or
+    three patches it could not tell that anything was printed (docs/findings.md, 2026-12-05).
     """
     labels = [[-100] * len(ATTRIBUTES) for _ in range(grid * grid)]
     for t in scene.things:
@@ -504,6 +514,9 @@ def patch_labels(scene: Scene, grid: int, view: tuple[float, float, float] | Non
                                                                   ("size", t.size))]
             labels[i][4] = place
 
+    if view is None:  # what the whole scene holds, on every patch of the whole view
+        for row in labels:
+            row[5], row[6] = len(scene.things) - 1, int(scene.character is not None)
     if character and scene.character:  # on every patch its glyph covers, as an object's colour is
         for i in glyph_patches(scene, grid, view or padded_view(scene))[1]:
             labels[i][3] = ATTRIBUTES["character"].index(scene.character)

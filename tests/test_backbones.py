@@ -24,7 +24,7 @@ from minillava.backbones import (
 )
 from minillava.encoder import VisionEncoder
 from minillava.prompts import IGNORE_INDEX
-from minillava.toyreport import probe_character, probe_vision_features
+from minillava.toyreport import probe_character, probe_scene, probe_vision_features
 from minillava.toyworld import WORLD_VERSION, make_scene, text_lookup_record
 
 
@@ -71,6 +71,9 @@ def test_shipped_tower_names_what_lies_under_each_patch(shipped):
     objects = probe_vision_features(encoder, n_scenes=1000, seed=5)
     assert min(objects[k] for k in ("colour", "shape", "size")) >= 0.98, objects  # position: reported, no target
     assert probe_character(encoder, n_scenes=800, seed=5) >= 0.95
+    # what the whole scene holds, off one image token drawn at random (1,000 scenes, 200 held out)
+    scene = probe_scene(encoder, n_scenes=1000, seed=5)
+    assert scene["count"] >= 0.98 and scene["printed"] >= 0.95, scene
 
 
 def test_lookup_records_are_answerable_from_their_text():
@@ -135,7 +138,8 @@ def test_the_build_command_runs_end_to_end(tmp_path, capsys):
     assert manifest["spec"]["lm_width"] == 64 and manifest["spec"]["lm_steps"] == 3
     assert set(manifest["probes"]) == {"text lookup", "patches"}
     assert manifest["versions"]["torch"] == torch.__version__  # bit-identical rebuilds need the same libraries
-    assert set(manifest["probes"]["patches"]) == {"colour", "shape", "size", "position", "character"}
+    assert set(manifest["probes"]["patches"]) == {"colour", "shape", "size", "position", "character", "count",
+                                                  "printed"}
     model = MiniLlava.from_backbones(str(tmp_path / "bb" / "vision"), str(tmp_path / "bb" / "llm"))
     assert model.lm.config.hidden_size == 64
     with pytest.raises(SystemExit, match="--force"):

@@ -258,12 +258,18 @@ def test_patch_labels_name_what_lies_under_each_patch():
     # its place (centre (40, 40): the top-left third) on every one of its patches, as its colour is
     assert [i for i, row in enumerate(labels) if row[4] != -100] == on
     assert all(labels[i][4] == ATTRIBUTES["position"].index("top left") for i in on)
+    # what the whole scene holds, on every patch of the whole view, background too: one shape, a character
+    assert all(row[5:] == [ATTRIBUTES["count"].index("1"), ATTRIBUTES["printed"].index("yes")] for row in labels)
+    two = Scene(128, 128, scene.things + (Thing("square", "blue", "small", 100, 100),), None, None, seed=0)
+    assert all(row[5:] == [ATTRIBUTES["count"].index("2"), ATTRIBUTES["printed"].index("no")]
+               for row in patch_labels(two, grid=8))
     # a 64 px close-up at (64, 64) with 8 px cells: the glyph drawn at (100, 116) spans about (101, 119) to
     # (106, 125), cells x (101 - 64) // 8 = 4 to 5, y 6 to 7; its centre (103, 122) is in cell (4, 7). The
     # circle (18..62) lies outside the crop.
     close = patch_labels(scene, grid=8, view=(64, 64, 64), character=True)
     glyph = [6 * 8 + 4, 6 * 8 + 5, 7 * 8 + 4, 7 * 8 + 5]
-    assert [i for i, row in enumerate(close) if row != [-100] * 5] == glyph  # no place: a crop hides it
+    # no place, count or "printed": a crop shows part of the scene
+    assert [i for i, row in enumerate(close) if row != [-100] * len(ATTRIBUTES)] == glyph
     assert all(close[i][3] == ATTRIBUTES["character"].index("A") for i in glyph)
     assert glyph_patches(scene, 8, (64, 64, 64)) == (7 * 8 + 4, glyph)
     ink = draw_scene(scene).convert("L").crop((64 + 4 * 8, 64 + 7 * 8, 64 + 5 * 8, 64 + 8 * 8))  # the centre's cell
