@@ -8,8 +8,9 @@ same pretrained toy backbones, over several seeds; only one thing changes per va
   answers unchanged) - does one model then give short answers when asked and long ones otherwise?
 - **resolution**: the base encoder (one 64-pixel view) vs the HD grid vs the HD grid + global context - can it
   read the tiny printed character, does it hallucinate less?
-- **composition** (measured on every variant): "Where is the red circle?" with the short-answer prompt, a
-  pairing never seen in training (the conversations ask it with long answers) - does the format transfer?
+- **composition** (measured on every variant): "Where is the red circle?" with the short-answer prompt about an
+  image, a pairing stage 2 never trains (its conversations ask it with long answers; only its text-only lookups,
+  the LM's own pretraining, ask it short about a scene in words) - does the format transfer to images?
 
 Whatever the numbers say is the result; ``claims_table`` compares each with the direction the paper reports.
 """
@@ -242,7 +243,7 @@ CLAIMS = [
     ("format", "with format prompts", "without format prompts", "detail words",
      "...while long questions keep long answers (one model does both)"),
     ("format", "with format prompts", "without format prompts", "where+prompt short",
-     "the format instruction transfers to a question kind never trained with it (Sec. 3.2)"),
+     "the format instruction transfers to a question kind never trained with it on an image (Sec. 3.2)"),
     ("resolution", "HD grid", "base (1 view)", "text", "higher resolution reads small detail (TextVQA, Table 2/4)"),
     ("resolution", "HD grid", "base (1 view)", "pope F1", "higher resolution hallucinates less (POPE, Sec. 3.4)"),
     ("resolution", "HD grid + global", "HD grid", "overall", "global context helps the HD grid (App. A.1)"),

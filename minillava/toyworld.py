@@ -253,6 +253,10 @@ TEXT_LOOKUP_HOP_MIX = TEXT_LOOKUP_MIX + ("choice", "option") * 2
 TEXT_LOOKUP_POSITION_MIX = TEXT_LOOKUP_HOP_MIX + ("where",) * 2
 
 
+# What stage 2's text-only lookups ask (``write_world``): the LM's last pretraining phase's mix.
+STAGE2_TEXT_LOOKUP_MIX = TEXT_LOOKUP_POSITION_MIX
+
+
 def object_phrases(positions: bool = False) -> list[str]:
     """The phrases the toy tokenizer keeps as one token each: every coloured shape ("red circle"), and with
     ``positions`` every coloured shape at every place ("red circle at the top left"). One image patch holds
@@ -340,7 +344,8 @@ def language_corpus(n_scenes: int, seed: int = 0, lookup_share: float = 0.5) -> 
 # ----------------------------------------------------------------------------- writing a world to disk
 
 # "where" asks the conversation question "Where is the red circle?" with the short-answer prompt, a pairing
-# never seen in training: does the format instruction transfer to a new kind of question? (paper, Sec. 3.2)
+# stage 2 never trains on an image (only the LM's text-only lookups ask it so, about a scene in words): does the
+# format instruction transfer to a new kind of question about an image? (paper, Sec. 3.2)
 EVAL_TASKS = ("colour", "shape", "count", "choice", "pope", "text", "detail", "where")
 
 # What each held-out task asks of the model (the report quotes it for the tasks a model does not pass).
@@ -534,15 +539,22 @@ def world_scene(seed: int, i: int) -> Scene:
 
 
 def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed: int = 0,
-                text_only_share: float = 0.08, progress: bool = True) -> Path:
+                text_only_share: float = 0.08, text_lookup_share: float = 0.08, progress: bool = True) -> Path:
     """Generate images + LLaVA-format JSON under ``folder`` (skipped if already complete for these arguments).
+
+    Stage 2's mix holds, beside one record per training image, text-only conversations as LLaVA-1.5's holds
+    ShareGPT's: a few trivia pairs (``text_only_share`` of the images) and the LM's own pretraining lookups
+    (``text_lookup_share``: a scene in words, then questions about it), so that the LM keeps what it brought
+    while it learns to see. Without them stage 2 wore away the short answer to "where" and part of multiple
+    choice (docs/findings.md, 2026-12-05). They come from a random stream of their own: the image records are
+    the same whatever their share.
 
     Layout: ``images/*.png``, ``stage1.json``, ``stage2.json``, ``eval/<task>.jsonl``,
     ``eval/<task>_answers.jsonl`` and ``world.json`` (the arguments, so a different world is never reused).
     """
     final = Path(folder)
     spec = {"version": WORLD_VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed,
-            "text_only_share": text_only_share}
+            "text_only_share": text_only_share, "text_lookup_share": text_lookup_share}
 
     def complete(f: Path) -> bool:
         return (f / "world.json").exists() and json.loads((f / "world.json").read_text()) == spec
@@ -552,7 +564,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     folder = building_folder(final)  # built aside, moved into place when complete
     (folder / "images").mkdir()
     (folder / "eval").mkdir(exist_ok=True)
-    rng = random.Random(seed)
+    rng, lookup_rng = random.Random(seed), random.Random(f"{seed}-text-lookups")
     stage1, stage2, questions = [], [], {task: [] for task in EVAL_TASKS}
     for i in tqdm(range(n_train + n_eval), desc="toy world", disable=not progress):
         scene = world_scene(seed, i)
@@ -570,6 +582,9 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
             q, a = rng.choice(TEXT_ONLY)
             stage2.append({"id": f"text{i}", "conversations": [{"from": "human", "value": q},
                                                                  {"from": "gpt", "value": a}]})
+        if lookup_rng.random() < text_lookup_share:  # scenes of the LM's pretraining lookups (LOOKUP_SEEDS)
+            stage2.append(text_lookup_record(make_scene(3 * 10**9 + seed * 7919 + i), lookup_rng,
+                                             mix=STAGE2_TEXT_LOOKUP_MIX, positions=0.75))
     (folder / "stage1.json").write_text(json.dumps(stage1, indent=1))
     (folder / "stage2.json").write_text(json.dumps(stage2, indent=1))
     for task, qs in questions.items():

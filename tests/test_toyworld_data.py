@@ -49,6 +49,16 @@ def test_world_mirrors_the_llava_mix(world):
     assert set(questions[0]) == {"question_id", "image", "text", "category"}
 
 
+def test_stage2_keeps_the_lms_text_lookups_on_a_stream_of_their_own(world, tmp_path):
+    """Text-only lookups (a scene in words, questions about it) join stage 2 as ShareGPT joins LLaVA-1.5's mix,
+    drawn from their own random stream: without them the image records are the same, record for record."""
+    records = load_records(world / "stage2.json")
+    lookups = [r for r in records if r["id"].startswith("text-scene")]
+    assert lookups and not any("image" in r or IMAGE in r["conversations"][0]["value"] for r in lookups)
+    without = write_world(tmp_path / "without", n_train=60, n_eval=6, seed=3, text_lookup_share=0.0, progress=False)
+    assert [r for r in records if not r["id"].startswith("text-scene")] == load_records(without / "stage2.json")
+
+
 def test_pope_records_ask_about_one_present_and_one_absent_object(world):
     records = [r for r in load_records(world / "stage2.json") if "pope" in r["id"].split("-")[-1].split("+")]
     assert records
