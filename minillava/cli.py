@@ -16,8 +16,14 @@ def run_toy(args: argparse.Namespace) -> None:
     """The main job: toy world -> backbones -> stage 1 -> stage 2 -> evaluation -> report."""
     from .backbones import toy_setup
     from .toy import toy_recipes, train_toy
-    from .toyreport import (answer_attention, evaluate_toy, failure_notes, probe_scene, probe_vision_features,
-                            write_report)
+    from .toyreport import (
+        answer_attention,
+        evaluate_toy,
+        failure_notes,
+        probe_scene,
+        probe_vision_features,
+        write_report,
+    )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
