@@ -47,10 +47,7 @@ def probe_vision_features(encoder, n_scenes: int = 400, seed: int = 0, steps: in
     features, labels = [], {"colour": [], "shape": [], "size": [], "position": []}
     grid = int(encoder.num_patches ** 0.5)
     scenes = [make_scene(7_000_000 + seed * 100_003 + i) for i in range(n_scenes)]
-    with torch.no_grad():  # encode 64 scenes per call, not one
-        encoded = [encoder(encoder.preprocess([draw_scene(s) for s in scenes[i:i + 64]], "pad")).float().cpu()
-                   for i in range(0, n_scenes, 64)]  # the probe trains on the CPU, wherever the encoder is
-    for scene, patches in zip(scenes, torch.cat(encoded)):  # patches: (N, D)
+    for scene, patches in zip(scenes, patch_features(encoder, [draw_scene(s) for s in scenes])):  # patches: (N, D)
         left, top, side = padded_view(scene)
         cell = side / grid
         for t in scene.things:
@@ -90,9 +87,7 @@ def probe_character(encoder, n_scenes: int = 300, seed: int = 0, steps: int = 30
         crops.append(cell)
         where.append(centre)
         labels.append(ATTRIBUTES["character"].index(scene.character))
-    with torch.no_grad():
-        patches = torch.cat([encoder(encoder.preprocess(crops[j:j + 64], "pad")).float().cpu()
-                             for j in range(0, len(crops), 64)])  # (S, N, D)
+    patches = patch_features(encoder, crops)  # (S, N, D)
     x = patches[torch.arange(len(crops)), torch.tensor(where)]  # (S, D)
     return linear_probe(x, torch.tensor(labels), seed, steps, classes=len(ATTRIBUTES["character"]))
 
@@ -107,15 +102,23 @@ def probe_scene(encoder, n_scenes: int = 400, seed: int = 0, steps: int = 300) -
     from .toyworld import draw_scene, make_scene
 
     scenes = [make_scene(9_000_000 + seed * 100_003 + i) for i in range(n_scenes)]
-    with torch.no_grad():
-        patches = torch.cat([encoder(encoder.preprocess([draw_scene(s) for s in scenes[i:i + 64]], "pad")).float().cpu()
-                             for i in range(0, n_scenes, 64)])  # (S, N, D)
+    patches = patch_features(encoder, [draw_scene(s) for s in scenes])  # (S, N, D)
     rng = random.Random(seed)
     x = patches[torch.arange(n_scenes), torch.tensor([rng.randrange(patches.shape[1]) for _ in scenes])]  # (S, D)
     count = torch.tensor([len(s.things) - 1 for s in scenes])
     printed = torch.tensor([int(s.character is not None) for s in scenes])
     return {"count": linear_probe(x, count, seed, steps, classes=3),
             "printed": linear_probe(x, printed, seed, steps, classes=2)}
+
+
+def patch_features(encoder, images: Sequence[Image.Image]):
+    """``(S, N, D)``: the encoder's patch features of ``images``, padded to squares as in stage 2, 64 images per
+    call; on the CPU, where the probes train, wherever the encoder is."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([encoder(encoder.preprocess(images[i:i + 64], "pad")).float().cpu()
+                          for i in range(0, len(images), 64)])
 
 
 def linear_probe(x, y, seed: int = 0, steps: int = 300, classes: int | None = None) -> float:
