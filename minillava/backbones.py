@@ -31,6 +31,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from .toyworld import LOOKUP_SEEDS
+
 # Llama's layout: <unk>=0, <s>=1, </s>=2; then the pad and image tokens LLaVA needs.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 BACKBONES_VERSION = 9  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
@@ -183,7 +185,6 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
     return tower.eval(), processor
 
 
-LOOKUP_SEEDS = 3 * 10**9  # scenes of the LM's lookups; the probes' held-out scenes start at 4 * 10**9
 
 
 def lookup_example(tokenizer, seed: int, n_things: int | None = None, kinds: Sequence[str] | None = None,

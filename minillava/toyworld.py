@@ -253,8 +253,7 @@ TEXT_LOOKUP_HOP_MIX = TEXT_LOOKUP_MIX + ("choice", "option") * 2
 TEXT_LOOKUP_POSITION_MIX = TEXT_LOOKUP_HOP_MIX + ("where",) * 2
 
 
-# What stage 2's text-only lookups ask (``write_world``): the LM's last pretraining phase's mix.
-STAGE2_TEXT_LOOKUP_MIX = TEXT_LOOKUP_POSITION_MIX
+LOOKUP_SEEDS = 3 * 10**9  # scenes of the LM's text lookups; the probes' held-out scenes start at 4 * 10**9
 
 
 def object_phrases(positions: bool = False) -> list[str]:
@@ -582,9 +581,9 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
             q, a = rng.choice(TEXT_ONLY)
             stage2.append({"id": f"text{i}", "conversations": [{"from": "human", "value": q},
                                                                  {"from": "gpt", "value": a}]})
-        if lookup_rng.random() < text_lookup_share:  # scenes of the LM's pretraining lookups (LOOKUP_SEEDS)
-            stage2.append(text_lookup_record(make_scene(3 * 10**9 + seed * 7919 + i), lookup_rng,
-                                             mix=STAGE2_TEXT_LOOKUP_MIX, positions=0.75))
+        if lookup_rng.random() < text_lookup_share:  # as the LM's last pretraining phase asks them
+            stage2.append(text_lookup_record(make_scene(LOOKUP_SEEDS + seed * 7919 + i), lookup_rng,
+                                             mix=TEXT_LOOKUP_POSITION_MIX, positions=0.75))
     (folder / "stage1.json").write_text(json.dumps(stage1, indent=1))
     (folder / "stage2.json").write_text(json.dumps(stage2, indent=1))
     for task, qs in questions.items():
