@@ -127,7 +127,6 @@ class BackboneSpec:
     lm_hop_steps: int = 2500  # then this many more, captions kept, multiple choice's second hop joining
     lm_position_steps: int = 2000  # then this many more, with each object and its place in one new token
     lm_position_share: float = 0.75  # the share of scenes in words that tell where their objects are then
-    lm_character_steps: int = 1000  # then this many more, asking for the printed character far more often
     lm_eval_every: int = 250  # score the text lookups every so many steps (0: never), into manifest.json
     probe_scenes: int = 100  # fresh scenes per probe question kind and object count (manifest.json)
     seed: int = 0
@@ -189,18 +188,18 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
 
 
 def lookup_example(tokenizer, seed: int, n_things: int | None = None, kinds: Sequence[str] | None = None,
-                   mix: Sequence[str] | None = None, positions: float = 0.0, characters: bool = False) -> dict:
+                   mix: Sequence[str] | None = None, positions: float = 0.0) -> dict:
     """One text-lookup record (``toyworld.text_lookup_record``: questions of ``kinds``, or drawn from ``mix``) of
     scene ``seed``, tokenized in the chat template with labels on the answers only: ``{"input_ids", "labels"}``."""
     from .prompts import prepare_tokenizer, tokenize_conversation
     from .toyworld import TEXT_LOOKUP_MIX, make_scene, text_lookup_record
 
     record = text_lookup_record(make_scene(seed, n_things), random.Random(seed), kinds, mix=mix or TEXT_LOOKUP_MIX,
-                                positions=positions, characters=characters)
+                                positions=positions)
     return tokenize_conversation(record["conversations"], tokenizer, prepare_tokenizer(tokenizer))
 
 
-def caption_example(tokenizer, seed: int, positions: bool = False, character: bool = False) -> dict:
+def caption_example(tokenizer, seed: int, positions: bool = False) -> dict:
     """A scene told in words, a new line, then its caption, with labels on the caption only: the text form of
     a stage-1 sample (``<image>`` + caption, the ``plain`` template), so the LM learns to describe what its
     context holds before the connector has to make image patches read like that context. ``positions``: the
@@ -209,8 +208,8 @@ def caption_example(tokenizer, seed: int, positions: bool = False, character: bo
     from .toyworld import caption, make_scene, text_scene
 
     scene = make_scene(seed)
-    context = tokenizer(text_scene(scene, random.Random(seed), positions, character) + "\n")["input_ids"]  # BOS + scene
-    answer = tokenizer(caption(scene, positions, character) + "\n", add_special_tokens=False)["input_ids"]
+    context = tokenizer(text_scene(scene, random.Random(seed), positions) + "\n")["input_ids"]  # BOS + scene
+    answer = tokenizer(caption(scene, positions) + "\n", add_special_tokens=False)["input_ids"]
     return {"input_ids": context + answer, "labels": [IGNORE_INDEX] * len(context) + answer}
 
 
@@ -237,13 +236,12 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
     torch.manual_seed(spec.seed)
     lm = tiny_language_model(tokenizer, hidden_size=spec.lm_width, num_layers=spec.lm_layers,
                              num_heads=spec.lm_heads)
-    rng, step, grown = random.Random(spec.seed), 0, False
+    rng, step = random.Random(spec.seed), 0
     tokenize = lambda: [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]  # BOS text EOS
     text_ids = tokenize()
     for name, steps, caption_share, mix, positions in lm_phases(spec):
-        if positions and steps and not grown:  # once, before the first phase that tells places
+        if positions and steps:
             add_position_tokens(tokenizer, lm)
-            grown = True
             text_ids = tokenize()  # the new tokens may appear in the plain text too
         step = train_language_model_phase(lm, tokenizer, text_ids, spec, name, steps, caption_share, mix, rng,
                                           step, progress, history, positions)
@@ -255,35 +253,30 @@ def add_position_tokens(tokenizer, lm) -> None:
     pretrained LLM's vocabulary is grown for new markup. Each new row of the embeddings and of the LM head
     starts as the sum of what the LM already knows: the coloured shape's token plus the mean of the place's
     words (" top", " left"), so the lookups it has learnt read the new tokens from the first step."""
-    from .toyworld import character_phrases, object_phrases
+    from .toyworld import object_phrases
 
     old = len(tokenizer)
     phrases = object_phrases(positions=True)
-    # what the new tokens start as, read with the tokenizer before it grows
-    parts = [[tokenizer.convert_tokens_to_ids(" " + obj), tokenizer(" " + place, add_special_tokens=False)["input_ids"]]
-             for obj, place in (phrase.split(" at the ") for phrase in phrases)]
-    phrases += character_phrases()
-    parts += [[tokenizer(" character", add_special_tokens=False)["input_ids"],
-               tokenizer(phrase[-1], add_special_tokens=False)["input_ids"]] for phrase in character_phrases()]
     tokenizer.add_tokens([AddedToken(" " + phrase, normalized=False) for phrase in phrases])
     lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
-        for i, (first, second) in enumerate(parts):
+        for i, phrase in enumerate(phrases):
+            obj, place = phrase.split(" at the ")
+            obj_id = tokenizer.convert_tokens_to_ids(" " + obj)
+            place_ids = tokenizer(" " + place, add_special_tokens=False)["input_ids"]
             for rows in (lm.get_input_embeddings().weight, lm.get_output_embeddings().weight):
-                rows[old + i] = rows[first].reshape(-1, rows.shape[1]).mean(0) + rows[second].mean(0)
+                rows[old + i] = rows[obj_id] + rows[place_ids].mean(0)
 
 
 def lm_phases(spec: BackboneSpec) -> list[tuple[str, int, float, tuple[str, ...], float]]:
     """The LM's pretraining phases: ``(name, steps, caption share, lookup question mix, share of scenes that
     tell where their objects are)``; a phase with positions first grows the vocabulary (``add_position_tokens``)."""
-    from .toyworld import TEXT_LOOKUP_CHARACTER_MIX, TEXT_LOOKUP_HOP_MIX, TEXT_LOOKUP_MIX, TEXT_LOOKUP_POSITION_MIX
+    from .toyworld import TEXT_LOOKUP_HOP_MIX, TEXT_LOOKUP_MIX, TEXT_LOOKUP_POSITION_MIX
 
     return [("lookups", spec.lm_steps, 0.0, TEXT_LOOKUP_MIX, 0.0),
             ("+ captions", spec.lm_caption_steps, spec.lm_caption_share, TEXT_LOOKUP_MIX, 0.0),
             ("+ option hop", spec.lm_hop_steps, spec.lm_caption_share, TEXT_LOOKUP_HOP_MIX, 0.0),
             ("+ positions", spec.lm_position_steps, spec.lm_caption_share, TEXT_LOOKUP_POSITION_MIX,
-             spec.lm_position_share),
-            ("+ characters", spec.lm_character_steps, spec.lm_caption_share, TEXT_LOOKUP_CHARACTER_MIX,
              spec.lm_position_share)]
 
 
@@ -314,10 +307,10 @@ def train_language_model_phase(lm, tokenizer, text_ids: Sequence[list[int]], spe
             bar.write(f"step {step}: text lookups " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
         rows = [{"input_ids": ids, "labels": ids} for ids in rng.sample(text_ids, k=min(n_text, len(text_ids)))]
         texts_in_batch = len(rows)
-        rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), positions > 0,
-                                 character=name == "+ characters") for _ in range(n_captions)]
-        rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), mix=mix, positions=positions,
-                                characters=positions > 0) for _ in range(spec.lm_batch_size - len(rows))]
+        rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), positions > 0)
+                 for _ in range(n_captions)]
+        rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), mix=mix, positions=positions)
+                 for _ in range(spec.lm_batch_size - len(rows))]
         input_ids, labels = _pad_rows(rows, pad)
         logits = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits[:, :-1]  # (B, T-1, V)
         targets = labels[:, 1:]

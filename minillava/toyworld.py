@@ -131,16 +131,12 @@ def box_on_padded_square(thing: Thing, scene: Scene) -> str:
 # ----------------------------------------------------------------------------- language about a scene
 
 
-def caption(scene: Scene, positions: bool = False, character: bool = False) -> str:
+def caption(scene: Scene, positions: bool = False) -> str:
     """A brief caption: "A small red circle and a large blue square." (``positions``: "... circle at the top
-    left and ...", as stage 1 captions the world's images; ``character``: and the printed character, if any,
-    as TextCaps' captions read the text in an image)."""
+    left and ...", as stage 1 captions the world's images)."""
     names = [f"a {t.size} {t.name}" + (f" at the {where(t, scene)}" if positions else "") for t in scene.things]
     text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    text = text[0].upper() + text[1:] + "."
-    if character and scene.character:
-        text += f" The character {scene.character} is printed near the bottom."
-    return text
+    return text[0].upper() + text[1:] + "."
 
 
 def description(scene: Scene) -> str:
@@ -204,7 +200,7 @@ def task_pairs(kind: str, scene: Scene, rng: random.Random) -> list[tuple[str, s
         return [("Describe the image in detail.", description(scene))]
     if kind == "conversation":
         t = rng.choice(scene.things)
-        return [("What can you see in this picture?", caption(scene, character=True)),
+        return [("What can you see in this picture?", caption(scene)),
                 (f"Where is the {t.name}?", f"The {t.name} is at the {where(t, scene)} of the image.")]
     if kind == "short":  # like VQAv2/GQA
         kinds = rng.sample(["colour", "shape", "count"], k=rng.randint(1, 3))
@@ -244,8 +240,7 @@ def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image:
 _OBJECT_WORDINGS = ("a {size} {colour} {shape}", "a {colour} {shape}", "one {colour} {shape}")
 _SCENE_OPENERS = ("There is {objects}.", "I see {objects}.", "The picture shows {objects}.", "{Objects}.",
                   "Here we have {objects}.")
-TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long", "option",
-                     "text")
+TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long", "option")
 # The kinds a record's questions are drawn from: the two that need binding (find the named object, read out its
 # other attribute) twice as often as the rest.
 TEXT_LOOKUP_MIX = ("colour", "shape") * 2 + ("count", "pope", "choice", "where", "colour_long", "shape_long")
@@ -253,12 +248,9 @@ TEXT_LOOKUP_MIX = ("colour", "shape") * 2 + ("count", "pope", "choice", "where",
 # this colour?) and asks the full multiple-choice question more often. From the first step, these kinds kept the
 # "is there" lookup from forming; added once it has formed, they leave it standing (docs/findings.md).
 TEXT_LOOKUP_HOP_MIX = TEXT_LOOKUP_MIX + ("choice", "option") * 2
-# The fourth phase tells where the objects are in most scenes, each object with its place in one token (below),
-# and asks "where" more often; its scenes tell the printed character too, and a few questions ask for it.
-TEXT_LOOKUP_POSITION_MIX = TEXT_LOOKUP_HOP_MIX + ("where",) * 2 + ("text",) * 2
-# The last phase asks for the printed character far more often: at the fourth phase's share the LM answers it
-# 60% of the time after 2,000 steps, here 100% after 500 (docs/findings.md).
-TEXT_LOOKUP_CHARACTER_MIX = TEXT_LOOKUP_POSITION_MIX + ("text",) * 8
+# The last phase tells where the objects are in most scenes, each object with its place in one token (below),
+# and asks "where" more often.
+TEXT_LOOKUP_POSITION_MIX = TEXT_LOOKUP_HOP_MIX + ("where",) * 2
 
 
 LOOKUP_SEEDS = 3 * 10**9  # scenes of the LM's text lookups; the probes' held-out scenes start at 4 * 10**9
@@ -273,13 +265,7 @@ def object_phrases(positions: bool = False) -> list[str]:
     return [f"{o} at the {p}" for o in objects for p in POSITIONS] if positions else objects
 
 
-def character_phrases() -> list[str]:
-    """The phrases the toy tokenizer keeps as one token each once it knows printed characters: "character Q" for
-    every character. A glyph is one or two patches, as an object is; its text form is one token too."""
-    return [f"character {c}" for c in CHARACTERS]
-
-
-def text_scene(scene: Scene, rng: random.Random, positions: bool = False, character: bool = False) -> str:
+def text_scene(scene: Scene, rng: random.Random, positions: bool = False) -> str:
     """The scene told in words: its objects in random order, each in one of a few wordings (``positions``: with
     where each one is). What the toy LM reads where a real LLM reads a paragraph, before it ever sees an image."""
     things = rng.sample(scene.things, k=len(scene.things))
@@ -289,10 +275,7 @@ def text_scene(scene: Scene, rng: random.Random, positions: bool = False, charac
         names.append(f"{name} at the {where(t, scene)}" if positions else name)
     objects = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     opener = rng.choice(_SCENE_OPENERS)
-    text = opener.format(objects=objects, Objects=objects[0].upper() + objects[1:])
-    if character and scene.character:
-        text += f" The character {scene.character} is printed near the bottom."
-    return text
+    return opener.format(objects=objects, Objects=objects[0].upper() + objects[1:])
 
 
 def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
@@ -312,8 +295,6 @@ def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, st
         return with_format_prompt(q, MULTIPLE_CHOICE), a
     if kind == "where":
         return with_format_prompt(f"Where is the {t.name}?", SHORT_ANSWER), where(t, scene)
-    if kind == "text":
-        return with_format_prompt("What character is printed in the image?", SHORT_ANSWER), scene.character or "none"
     if kind == "option":  # multiple choice's second hop alone: the colour is given, find its option line
         lines, letter = colour_options(t.colour, rng)
         return with_format_prompt(f"Which option is {t.colour}?\n{lines}", MULTIPLE_CHOICE), letter
@@ -324,7 +305,7 @@ def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, st
 
 def text_lookup_record(scene: Scene, rng: random.Random, kinds: Sequence[str] | None = None,
                        questions: tuple[int, int] = (1, 3), mix: Sequence[str] = TEXT_LOOKUP_MIX,
-                       positions: float = 0.0, characters: bool = False) -> dict:
+                       positions: float = 0.0) -> dict:
     """A text-only conversation: the scene in words, then questions answered from those words (``kinds``, or
     between ``questions[0]`` and ``questions[1]`` of them drawn from ``mix``).
 
@@ -336,7 +317,7 @@ def text_lookup_record(scene: Scene, rng: random.Random, kinds: Sequence[str] | 
     kinds = list(kinds or [rng.choice(mix) for _ in range(rng.randint(*questions))])
     pairs = [text_lookup_qa(scene, rng, kind) for kind in kinds]
     told = "where" in kinds or (positions > 0 and rng.random() < positions)  # no draw at 0: records as before
-    context = text_scene(scene, rng, positions=told, character=characters or "text" in kinds)
+    context = text_scene(scene, rng, positions=told)
     conv = []
     for i, (q, a) in enumerate(pairs):
         conv += [{"from": "human", "value": (context + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
@@ -573,9 +554,6 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     final = Path(folder)
     spec = {"version": WORLD_VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed,
             "text_only_share": text_only_share, "text_lookup_share": text_lookup_share}
-    closeup_share = float(__import__("os").environ.get("MINILLAVA_CLOSEUP_SHARE", "0"))  # experiment
-    if closeup_share:
-        spec["closeup_share"] = closeup_share
 
     def complete(f: Path) -> bool:
         return (f / "world.json").exists() and json.loads((f / "world.json").read_text()) == spec
@@ -586,7 +564,6 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     (folder / "images").mkdir()
     (folder / "eval").mkdir(exist_ok=True)
     rng, lookup_rng = random.Random(seed), random.Random(f"{seed}-text-lookups")
-    closeup_rng = random.Random(f"{seed}-close-ups")
     stage1, stage2, questions = [], [], {task: [] for task in EVAL_TASKS}
     for i in tqdm(range(n_train + n_eval), desc="toy world", disable=not progress):
         scene = world_scene(seed, i)
@@ -598,7 +575,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
             continue
         stage1.append({"id": f"scene{scene.seed}-caption", "image": image, "conversations": [
             {"from": "human", "value": f"{IMAGE}\nRender a clear and concise summary of the photo."},
-            {"from": "gpt", "value": caption(scene, positions=True, character=True)}]})
+            {"from": "gpt", "value": caption(scene, positions=True)}]})
         stage2.append(stage2_record(scene, image, rng))
         if rng.random() < text_only_share:
             q, a = rng.choice(TEXT_ONLY)
@@ -606,17 +583,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
                                                                  {"from": "gpt", "value": a}]})
         if lookup_rng.random() < text_lookup_share:  # as the LM's last pretraining phase asks them
             stage2.append(text_lookup_record(make_scene(LOOKUP_SEEDS + seed * 7919 + i), lookup_rng,
-                                             mix=TEXT_LOOKUP_POSITION_MIX, positions=0.75,
-                                             characters=True))
-        if closeup_share and closeup_rng.random() < closeup_share:  # experiment: an HD cell's view, its character
-            from .encoder import mean_colour
-            other = make_scene(seed * 1_000_003 + 10_000_000 + i)
-            cu, _ = close_up(other, 64, closeup_rng, around_character=True,
-                             fill=mean_colour((0.48145466, 0.4578275, 0.40821073)))
-            cu.save(folder / "images" / f"closeup{i:06d}.png")
-            (q, a), = task_pairs("text", other, closeup_rng)
-            stage2.append({"id": f"closeup{other.seed}-text", "image": f"closeup{i:06d}.png", "conversations": [
-                {"from": "human", "value": f"{IMAGE}\n{q}"}, {"from": "gpt", "value": a}]})
+                                             mix=TEXT_LOOKUP_POSITION_MIX, positions=0.75))
     (folder / "stage1.json").write_text(json.dumps(stage1, indent=1))
     (folder / "stage2.json").write_text(json.dumps(stage2, indent=1))
     for task, qs in questions.items():
