@@ -185,8 +185,6 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
     return tower.eval(), processor
 
 
-
-
 def lookup_example(tokenizer, seed: int, n_things: int | None = None, kinds: Sequence[str] | None = None,
                    mix: Sequence[str] | None = None, positions: float = 0.0) -> dict:
     """One text-lookup record (``toyworld.text_lookup_record``: questions of ``kinds``, or drawn from ``mix``) of
