@@ -1,7 +1,10 @@
 """The paper's ablations (LLaVA-1.5, Table 2 and Sec. 3) at toy scale, each variant trained on the same budget.
 
-Every variant runs the whole toy recipe (stage 1, stage 2, held-out evaluation) from the same toy world and the
-same pretrained toy backbones, over several seeds; only one thing changes per variant:
+Every variant runs the toy recipe (stage 1, stage 2, held-out evaluation) from the same toy world and the
+same pretrained toy backbones, over several seeds; only one thing changes per variant. Stage 1 (the connector
+learns to make patches read like words, at one view) is the same for every variant with the same connector, so
+each seed trains it once per connector and those variants start stage 2 from it: the HD variants too, as the paper
+trains LLaVA-1.5-HD ("no extra pretraining at high resolution"; their row-end vector starts in stage 2).
 
 - **connector**: ``linear`` (LLaVA) vs ``mlp2x_gelu`` (LLaVA-1.5);
 - **format prompts**: stage-2 data with the response-format prompts vs the same data with them removed (the
@@ -20,10 +23,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +50,9 @@ class Variant:
     def key(self) -> str:  # variants that train the same model share one run
         return json.dumps([self.connector, self.format_prompts, asdict(self.hd) if self.hd else None])
 
+    def stage1_key(self) -> str:  # variants that share one stage 1 (per seed): the same connector
+        return self.connector
+
 
 BASELINE = Variant("mlp2x_gelu, format prompts, base")
 GROUPS = {
@@ -63,7 +71,7 @@ class Budget:
 
     train_images: int = 2000
     eval_images: int = 60
-    stage1_steps: int = 100
+    stage1_steps: int = 600  # the toy run's; at 100 the models bind colours to shapes 35-48% (docs/findings.md)
     stage2_steps: int = 800  # at 400 the models on the v7 backbones read colours 31% (bench/README.md)
     stage2_batch_size: int = 4
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -99,17 +107,33 @@ def summarise(results: dict[str, dict]) -> dict[str, float]:
             "where+prompt accuracy": results["where"]["accuracy"]}
 
 
+def run_stage1(connector: str, world: Path, vision_dir: Path, llm_dir: Path, seed: int, budget: Budget,
+               out: Path) -> Path:
+    """Train the stage 1 that every variant with ``connector`` starts from (one view), with one seed; returns
+    ``out`` (its ``connector.safetensors``)."""
+    from .toy import toy_recipes
+    from .trainer import train
+
+    torch.manual_seed(seed)
+    model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=connector)
+    stage1, _ = toy_recipes(world)
+    stage1.max_steps, stage1.seed = budget.stage1_steps, seed
+    train(stage1, model, out, progress=False)
+    return out
+
+
 def run_variant(variant: Variant, world: Path, vision_dir: Path, llm_dir: Path, seed: int, budget: Budget,
-                out: Path) -> dict[str, float]:
-    """Train one variant (stage 1 + stage 2) with one seed and evaluate it; returns ``summarise`` of it
-    (``ablate`` writes it into ``out/run.json``, with what the run was)."""
-    from .toy import toy_recipes, train_toy  # the toy recipe, shrunk to the budget
+                out: Path, stage1: Path) -> dict[str, float]:
+    """Train one variant's stage 2 from ``stage1`` (``run_stage1``'s folder for its connector and seed) and
+    evaluate it; returns ``summarise`` of it (``ablate`` writes it into ``out/run.json``, with what the run was)."""
+    from .toy import toy_recipes
+    from .trainer import load_connector, train
 
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=variant.connector, hd=variant.hd)
-    stage1, stage2 = toy_recipes(world)
-    stage1.max_steps, stage1.seed = budget.stage1_steps, seed
+    load_connector(model, stage1)  # an HD model's row-end vector keeps its initialisation: stage 2 trains it
+    _, stage2 = toy_recipes(world)
     stage2.max_steps, stage2.seed, stage2.per_device_batch_size = budget.stage2_steps, seed, budget.stage2_batch_size
     if not variant.format_prompts:  # same records, same answers; the questions lose their format prompts
         records = json.loads(Path(stage2.data).read_text())
@@ -119,7 +143,7 @@ def run_variant(variant: Variant, world: Path, vision_dir: Path, llm_dir: Path, 
                     turn["value"] = strip_format_prompts(turn["value"])
         stage2.data = str(out / "stage2_without_format_prompts.json")
         Path(stage2.data).write_text(json.dumps(records))
-    train_toy(model, stage1, stage2, out, progress=False)
+    train(stage2, model, out / "stage2", progress=False)
     return summarise(evaluate_toy(model.eval(), world, out, progress=False))
 
 
@@ -143,19 +167,41 @@ def _start_worker(threads: int) -> None:
     logging.disable_progress_bar()
 
 
+def _run_all(calls: list[tuple[str, Callable, tuple]], jobs: int) -> Iterator[tuple[int, Any]]:
+    """Run ``calls`` (``(name, function, args)`` each), ``jobs`` at a time, each in its own worker process (or in
+    this one for ``jobs=1``); yield ``(index of the call, its result)`` as each finishes. The first failure stops
+    the rest and names its run."""
+    if jobs == 1:
+        for i, (_, function, args) in enumerate(calls):
+            yield i, function(*args)
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(threads,))
+    with pool:
+        futures = {pool.submit(function, *args): i for i, (_, function, args) in enumerate(calls)}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as err:
+                pool.shutdown(cancel_futures=True)  # the other runs still going finish; none start
+                raise RuntimeError(f"ablation run {calls[futures[future]][0]} failed: {err}") from err
+            yield futures[future], result
+
+
 def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | None = None,
            progress: bool = True, jobs: int | None = None,
            resume: bool = False) -> dict[str, dict[str, list[dict[str, float]]]]:
     """Run every variant of ``groups`` (default: all) for every seed; write ``ablation.md``, ``ablation.json``
     and ``ablation.png`` under ``out``; return ``{group: {variant name: [summary per seed]}}``.
 
-    Each finished run leaves ``out/runs/<run>/run.json``: what it was (variant, seed, budget, toy world, backbones
-    and recipes: ``toy.toy_fingerprint``) and its summary. ``resume=True`` keeps the finished runs of an earlier,
-    interrupted ablation into the same ``out`` whose ``run.json`` says they are the same runs, and trains only the
-    others.
+    First each seed's stage 1 per connector (``out/runs/stage1-<connector>-seed<seed>``, with ``stage1.json``),
+    then every variant's stage 2 from it. Each finished run leaves ``out/runs/<run>/run.json``: what it was
+    (variant, seed, budget, toy world, backbones and recipes: ``toy.toy_fingerprint``) and its summary.
+    ``resume=True`` keeps the finished runs (and stage 1s) of an earlier, interrupted ablation into the same
+    ``out`` whose ``run.json`` (``stage1.json``) says they are the same runs, and trains only the others.
 
     ``jobs``: runs trained at once, each in its own process (default: one per CPU core, at most one per run).
-    The runs are independent, and these tiny models keep one core busier than two cores share one run
+    The runs of each phase are independent, and these tiny models keep one core busier than two cores share one run
     (on 2 cores the whole ablation takes 28 min instead of 33, with the same results; bench/README.md). Each
     process gets ``torch.get_num_threads() // jobs`` threads (at least one); ``jobs=1`` trains every run in this
     process, as it is set up.
@@ -182,6 +228,9 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
                "world": json.loads((world / "world.json").read_text()),
                "backbones and recipes": toy_fingerprint(vision_dir.parent)}
 
+    def stage1_folder(variant: Variant, seed: int) -> Path:
+        return out / "runs" / f"stage1-{variant.stage1_key()}-seed{seed}"
+
     def finished(key: str, variant: Variant, seed: int, folder: Path, summary: dict[str, float]) -> None:
         runs[key][seed] = summary
         (folder / "run.json").write_text(json.dumps({"variant": variant.key(), "seed": seed, **made_of,
@@ -194,30 +243,29 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
                                                   "summary": done["summary"]}:
                 runs[key][seed] = done["summary"]
         tasks = [task for task in tasks if task[2] not in runs[task[0]]]
+    stage1s = {}  # the stage-1 runs the variants left to train start from: (connector, seed) -> folder
+    for _, variant, seed, _ in tasks:
+        folder = stage1_folder(variant, seed)
+        record = {"stage1": variant.stage1_key(), "seed": seed, **made_of}
+        if not (resume and (folder / "stage1.json").exists()
+                and json.loads((folder / "stage1.json").read_text()) == record):
+            stage1s[variant.stage1_key(), seed] = folder
     jobs = max(1, min(len(tasks), jobs or os.cpu_count() or 1))
-    with tqdm(total=len(tasks), desc="ablation runs", disable=not progress) as bar:
-        if jobs == 1:
-            for key, variant, seed, folder in tasks:
-                finished(key, variant, seed, folder,
-                         run_variant(variant, world, vision_dir, llm_dir, seed, budget, folder))
-                bar.update()
-        else:
-            # the longest runs first, so that no process is left with a long one at the end
-            tasks.sort(key=lambda task: -_cost(task[1]))
-            threads = max(1, torch.get_num_threads() // jobs)
-            pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker,
-                                       initargs=(threads,))
-            with pool:
-                futures = {pool.submit(run_variant, variant, world, vision_dir, llm_dir, seed, budget, folder):
-                           (key, variant, seed, folder) for key, variant, seed, folder in tasks}
-                for future in as_completed(futures):
-                    key, variant, seed, folder = futures[future]
-                    try:
-                        finished(key, variant, seed, folder, future.result())
-                    except Exception as err:
-                        pool.shutdown(cancel_futures=True)  # the other runs still going finish; none start
-                        raise RuntimeError(f"ablation run '{variant.name}', seed {seed} failed: {err}") from err
-                    bar.update()
+    with tqdm(total=len(stage1s) + len(tasks), desc="ablation runs", disable=not progress) as bar:
+        stage1_calls = [(f"stage 1 of '{connector}', seed {seed}", run_stage1,
+                         (connector, world, vision_dir, llm_dir, seed, budget, folder))
+                        for (connector, seed), folder in stage1s.items()]
+        for i, folder in _run_all(stage1_calls, jobs):
+            connector, seed = list(stage1s)[i]  # the call's (connector, seed)
+            (folder / "stage1.json").write_text(json.dumps({"stage1": connector, "seed": seed, **made_of}, indent=2))
+            bar.update()
+        tasks.sort(key=lambda task: -_cost(task[1]))  # the longest first: no process is left with one at the end
+        calls = [(f"'{variant.name}', seed {seed}", run_variant,
+                  (variant, world, vision_dir, llm_dir, seed, budget, folder, stage1_folder(variant, seed)))
+                 for _, variant, seed, folder in tasks]
+        for i, summary in _run_all(calls, jobs):
+            finished(*tasks[i], summary)
+            bar.update()
     results = {g: {v.name: [runs[v.key()][s] for s in budget.seeds] for v in GROUPS[g]} for g in groups}
     (out / "ablation.json").write_text(json.dumps({"budget": asdict(budget), "results": results}, indent=2))
     (out / "ablation.md").write_text(report(results, budget))

@@ -156,7 +156,11 @@ def projector_state_dict(model: MiniLlava) -> dict[str, torch.Tensor]:
 
 
 def load_connector(model: MiniLlava, path: str | Path) -> None:
-    """Start from a stage-1 connector: a run folder, its ``connector.safetensors``, or an official .bin."""
+    """Start from a stage-1 connector: a run folder, its ``connector.safetensors``, or an official .bin.
+
+    An HD model may start from a one-view stage 1 (no ``hd.*`` weights), as the paper trains LLaVA-1.5-HD: "no
+    extra pretraining at high resolution". Its row-end vector then keeps its initialisation; stage 2 trains it.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CONNECTOR_FILE
@@ -164,7 +168,10 @@ def load_connector(model: MiniLlava, path: str | Path) -> None:
         state = load_file(str(path))
         for name, module in projector_modules(model).items():
             prefix = f"{name}."
-            module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+            weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            if name == "hd" and not weights:
+                continue  # a one-view stage 1: the row-end vector starts in stage 2
+            module.load_state_dict(weights)
     else:
         from .convert import load_official_projector
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,7 +43,10 @@ def test_ablation_end_to_end_on_a_tiny_budget(tmp_path, toy_cache, monkeypatch):
         assert all(len(runs) == 1 and 0 <= runs[0]["overall"] <= 1 for runs in variants.values())
     # the baseline is trained once and shared by the groups it appears in
     assert results["connector"]["mlp2x_gelu"] == results["format"]["with format prompts"]
-    assert len(list((tmp_path / "out" / "runs").iterdir())) == 5
+    assert len(list((tmp_path / "out" / "runs").glob("variant*"))) == 5
+    # one stage 1 per connector (and seed), which its variants share
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").glob("stage1-*")) == [
+        "stage1-linear-seed0", "stage1-mlp2x_gelu-seed0"]
     # the variant without format prompts trained on data without them, answers unchanged
     stripped = next((tmp_path / "out" / "runs").glob("*/stage2_without_format_prompts.json"))
     text = stripped.read_text()
@@ -87,10 +91,34 @@ def test_runs_in_parallel_processes_give_the_runs_of_one_process(tmp_path, toy_c
 
     def weights(folder):
         return {run.name: hashlib.sha256((run / "stage2" / "model" / "model.safetensors").read_bytes()).hexdigest()
-                for run in (folder / "runs").iterdir()}
+                for run in (folder / "runs").glob("variant*")}
 
     assert weights(tmp_path / "one") == weights(tmp_path / "two")
     assert len(set(weights(tmp_path / "one").values())) == 2  # 2 variants, different models
+
+
+def test_variants_start_stage2_from_their_connectors_shared_stage1(tmp_path, toy_cache, monkeypatch):
+    """Stage 1 is trained once per connector and seed, at one view; every variant with that connector (the HD
+    ones too, as the paper trains LLaVA-1.5-HD) starts stage 2 from it."""
+    import minillava.ablate as ablate_module
+    import minillava.trainer as trainer_module
+
+    monkeypatch.setenv("MINILLAVA_CACHE", str(toy_cache))
+    stage1s, loads = [], []
+    run_stage1, load_connector = ablate_module.run_stage1, trainer_module.load_connector
+    monkeypatch.setattr(ablate_module, "run_stage1",
+                        lambda connector, *args: stage1s.append((connector, args[3])) or run_stage1(connector, *args))
+    monkeypatch.setattr(trainer_module, "load_connector",
+                        lambda model, path: loads.append((model.hd is not None, Path(path).name))
+                        or load_connector(model, path))
+    budget = Budget.tiny()
+    budget.seeds = [0, 1]
+    ablate(tmp_path, budget, groups=["connector", "resolution"], progress=False, jobs=1)
+    assert sorted(stage1s) == [("linear", 0), ("linear", 1), ("mlp2x_gelu", 0), ("mlp2x_gelu", 1)]
+    assert sorted(loads) == sorted([(False, "stage1-linear-seed0"), (False, "stage1-linear-seed1")]
+                                   + [(hd, f"stage1-mlp2x_gelu-seed{s}") for hd in (False, True, True) for s in (0, 1)])
+    stage1 = json.loads((tmp_path / "runs" / "stage1-mlp2x_gelu-seed1" / "stage1.json").read_text())
+    assert (stage1["stage1"], stage1["seed"], stage1["budget"]["stage1_steps"]) == ("mlp2x_gelu", 1, 2)
 
 
 def test_resume_trains_only_the_runs_that_did_not_finish(tmp_path, toy_cache, monkeypatch):
@@ -103,8 +131,10 @@ def test_resume_trains_only_the_runs_that_did_not_finish(tmp_path, toy_cache, mo
     trained, run_variant = [], ablate_module.run_variant  # jobs=1 below: the spy must run in this process
     monkeypatch.setattr(ablate_module, "run_variant",
                         lambda variant, *args: trained.append((variant.name, args[3])) or run_variant(variant, *args))
+    stage1s, run_stage1 = [], ablate_module.run_stage1
+    monkeypatch.setattr(ablate_module, "run_stage1", lambda *args: stage1s.append(args) or run_stage1(*args))
     assert ablate(tmp_path, budget, groups=["format"], progress=False, jobs=1, resume=True) == first
-    assert trained == [("with format prompts", 0)]
+    assert trained == [("with format prompts", 0)] and stage1s == []  # its stage 1 had finished: kept
     # another budget makes other runs: none of the earlier ones is kept
     trained.clear()
     budget.stage2_steps += 1

@@ -203,6 +203,21 @@ def test_hd_stage1_trains_and_saves_the_row_end_vector(clip_dir, llm_dir, world,
     assert torch.equal(model.hd.row_end, trained)
 
 
+def test_hd_model_starts_from_a_one_view_stage1(model, clip_dir, llm_dir, world, tmp_path):
+    """The paper's HD: no extra pretraining at high resolution. The connector comes from the one-view stage 1;
+    the row-end vector keeps its initialisation, and stage 2 trains it."""
+    from minillava.hd import HDConfig
+
+    train(recipe(world, 1, max_steps=2), model, tmp_path / "stage1", progress=False)  # one view
+    torch.manual_seed(0)
+    hd = MiniLlava.from_backbones(str(clip_dir), str(llm_dir), hd=HDConfig())
+    row_end = hd.hd.row_end.detach().clone()
+    load_connector(hd, tmp_path / "stage1")
+    assert not changed(snapshot(model.connector), hd.connector) and torch.equal(hd.hd.row_end, row_end)
+    train(recipe(world, 2, max_steps=2), hd, tmp_path / "stage2", progress=False)
+    assert not torch.equal(hd.hd.row_end, row_end)
+
+
 PAPER_RECIPES = {"llava15-7b-stage1": (1, 1e-3, 256, "plain"), "llava15-7b-stage2": (2, 2e-5, 128, "vicuna_v1"),
                  "llava15-13b-stage1": (1, 1e-3, 256, "plain"), "llava15-13b-stage2": (2, 2e-5, 128, "vicuna_v1")}
 
