@@ -332,9 +332,11 @@ def claims_table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
 def report(results: dict[str, dict[str, list[dict[str, float]]]], budget: Budget) -> str:
     """The markdown report: one table per group (mean ± std over seeds, in %), then the claims."""
     lines = ["# minillava ablations (toy scale)", "",
-             f"Each variant: stage 1 {budget.stage1_steps} steps, stage 2 {budget.stage2_steps} steps of "
-             f"{budget.stage2_batch_size}, {budget.train_images} training images, {budget.eval_images} held-out "
-             f"images, seeds {budget.seeds}. Mean ± std over seeds; percentages except 'detail words'.", ""]
+             f"Stage 1: {budget.stage1_steps} steps at one view, one per connector and seed, which every variant "
+             f"with that connector starts from (the HD ones too, as the paper trains LLaVA-1.5-HD). Each variant: "
+             f"stage 2 {budget.stage2_steps} steps of {budget.stage2_batch_size}, {budget.train_images} training "
+             f"images, {budget.eval_images} held-out images, seeds {budget.seeds}. Mean ± std over seeds; "
+             "percentages except 'detail words'.", ""]
     for group, variants in results.items():
         columns = COLUMNS[group]
         lines += [f"## {group}", "", "| variant | " + " | ".join(columns) + " |",
