@@ -231,6 +231,9 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
     def stage1_folder(variant: Variant, seed: int) -> Path:
         return out / "runs" / f"stage1-{variant.stage1_key()}-seed{seed}"
 
+    def stage1_record(connector: str, seed: int) -> dict:  # what a stage-1 run was (its stage1.json)
+        return {"stage1": connector, "seed": seed, **made_of}
+
     def finished(key: str, variant: Variant, seed: int, folder: Path, summary: dict[str, float]) -> None:
         runs[key][seed] = summary
         (folder / "run.json").write_text(json.dumps({"variant": variant.key(), "seed": seed, **made_of,
@@ -246,18 +249,18 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
     stage1s = {}  # the stage-1 runs the variants left to train start from: (connector, seed) -> folder
     for _, variant, seed, _ in tasks:
         folder = stage1_folder(variant, seed)
-        record = {"stage1": variant.stage1_key(), "seed": seed, **made_of}
         if not (resume and (folder / "stage1.json").exists()
-                and json.loads((folder / "stage1.json").read_text()) == record):
+                and json.loads((folder / "stage1.json").read_text()) == stage1_record(variant.stage1_key(), seed)):
             stage1s[variant.stage1_key(), seed] = folder
     jobs = max(1, min(len(tasks), jobs or os.cpu_count() or 1))
     with tqdm(total=len(stage1s) + len(tasks), desc="ablation runs", disable=not progress) as bar:
+        stage1_todo = list(stage1s.items())
         stage1_calls = [(f"stage 1 of '{connector}', seed {seed}", run_stage1,
                          (connector, world, vision_dir, llm_dir, seed, budget, folder))
-                        for (connector, seed), folder in stage1s.items()]
-        for i, folder in _run_all(stage1_calls, jobs):
-            connector, seed = list(stage1s)[i]  # the call's (connector, seed)
-            (folder / "stage1.json").write_text(json.dumps({"stage1": connector, "seed": seed, **made_of}, indent=2))
+                        for (connector, seed), folder in stage1_todo]
+        for i, _ in _run_all(stage1_calls, jobs):
+            (connector, seed), folder = stage1_todo[i]
+            (folder / "stage1.json").write_text(json.dumps(stage1_record(connector, seed), indent=2))
             bar.update()
         tasks.sort(key=lambda task: -_cost(task[1]))  # the longest first: no process is left with one at the end
         calls = [(f"'{variant.name}', seed {seed}", run_variant,
