@@ -107,18 +107,25 @@ def summarise(results: dict[str, dict]) -> dict[str, float]:
             "where+prompt accuracy": results["where"]["accuracy"]}
 
 
+def _recipes(world: Path, budget: Budget, seed: int):
+    """The toy recipe's two stages (``toy.toy_recipes``) shrunk to ``budget``, with ``seed``."""
+    from .toy import toy_recipes
+
+    stage1, stage2 = toy_recipes(world)
+    stage1.max_steps, stage1.seed = budget.stage1_steps, seed
+    stage2.max_steps, stage2.seed, stage2.per_device_batch_size = budget.stage2_steps, seed, budget.stage2_batch_size
+    return stage1, stage2
+
+
 def run_stage1(connector: str, world: Path, vision_dir: Path, llm_dir: Path, seed: int, budget: Budget,
                out: Path) -> Path:
     """Train the stage 1 that every variant with ``connector`` starts from (one view), with one seed; returns
     ``out`` (its ``connector.safetensors``)."""
-    from .toy import toy_recipes
     from .trainer import train
 
     torch.manual_seed(seed)
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=connector)
-    stage1, _ = toy_recipes(world)
-    stage1.max_steps, stage1.seed = budget.stage1_steps, seed
-    train(stage1, model, out, progress=False)
+    train(_recipes(world, budget, seed)[0], model, out, progress=False)
     return out
 
 
@@ -126,15 +133,13 @@ def run_variant(variant: Variant, world: Path, vision_dir: Path, llm_dir: Path, 
                 out: Path, stage1: Path) -> dict[str, float]:
     """Train one variant's stage 2 from ``stage1`` (``run_stage1``'s folder for its connector and seed) and
     evaluate it; returns ``summarise`` of it (``ablate`` writes it into ``out/run.json``, with what the run was)."""
-    from .toy import toy_recipes
     from .trainer import load_connector, train
 
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     model = MiniLlava.from_backbones(str(vision_dir), str(llm_dir), connector=variant.connector, hd=variant.hd)
     load_connector(model, stage1)  # an HD model's row-end vector keeps its initialisation: stage 2 trains it
-    _, stage2 = toy_recipes(world)
-    stage2.max_steps, stage2.seed, stage2.per_device_batch_size = budget.stage2_steps, seed, budget.stage2_batch_size
+    stage2 = _recipes(world, budget, seed)[1]
     if not variant.format_prompts:  # same records, same answers; the questions lose their format prompts
         records = json.loads(Path(stage2.data).read_text())
         for record in records:

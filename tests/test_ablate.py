@@ -119,6 +119,12 @@ def test_variants_start_stage2_from_their_connectors_shared_stage1(tmp_path, toy
                                    + [(hd, f"stage1-mlp2x_gelu-seed{s}") for hd in (False, True, True) for s in (0, 1)])
     stage1 = json.loads((tmp_path / "runs" / "stage1-mlp2x_gelu-seed1" / "stage1.json").read_text())
     assert (stage1["stage1"], stage1["seed"], stage1["budget"]["stage1_steps"]) == ("mlp2x_gelu", 1, 2)
+    # and each stage trained the budget's steps with the run's seed
+    trained1 = json.loads((tmp_path / "runs" / "stage1-mlp2x_gelu-seed1" / "recipe.json").read_text())
+    trained2 = json.loads((tmp_path / "runs" / "variant2-seed1" / "stage2" / "recipe.json").read_text())
+    assert (trained1["stage"], trained1["max_steps"], trained1["seed"]) == (1, budget.stage1_steps, 1)
+    assert (trained2["stage"], trained2["max_steps"], trained2["seed"], trained2["per_device_batch_size"]) == (
+        2, budget.stage2_steps, 1, budget.stage2_batch_size)
 
 
 def test_resume_trains_only_the_runs_that_did_not_finish(tmp_path, toy_cache, monkeypatch):
