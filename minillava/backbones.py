@@ -203,13 +203,11 @@ def caption_example(tokenizer, seed: int, positions: bool = False) -> dict:
     context holds before the connector has to make image patches read like that context. ``positions``: the
     scene and its caption tell where each object is."""
     from .prompts import IGNORE_INDEX
-    from . import toyworld
     from .toyworld import caption, make_scene, text_scene
 
     scene = make_scene(seed)
-    c = toyworld.CHARACTER_IN_TEXT
-    context = tokenizer(text_scene(scene, random.Random(seed), positions, character=c) + "\n")["input_ids"]  # BOS + scene
-    answer = tokenizer(caption(scene, positions, character=c) + "\n", add_special_tokens=False)["input_ids"]
+    context = tokenizer(text_scene(scene, random.Random(seed), positions) + "\n")["input_ids"]  # BOS + scene
+    answer = tokenizer(caption(scene, positions) + "\n", add_special_tokens=False)["input_ids"]
     return {"input_ids": context + answer, "labels": [IGNORE_INDEX] * len(context) + answer}
 
 

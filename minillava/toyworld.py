@@ -39,8 +39,6 @@ SIZES = {"small": 13, "large": 22}  # half-width in pixels on a 128-pixel canvas
 CHARACTERS = "ABCDEFHKLMNPRTXZ2345679"  # glyphs that stay distinct in a tiny font
 CANVAS_SIZES = ((128, 128), (160, 128), (128, 160))  # (width, height): square, landscape, portrait
 NUMBER_WORDS = ["zero", "one", "two", "three"]
-CLOSEUP_S1 = bool(__import__("os").environ.get("MINILLAVA_CLOSEUP_S1"))
-CLOSEUP_SHARE = float(__import__("os").environ.get("MINILLAVA_CLOSEUP_SHARE", "0"))
 WORLD_VERSION = 5  # bump when the generator changes, so cached worlds (and backbones built on them) are rebuilt
 
 
@@ -133,15 +131,12 @@ def box_on_padded_square(thing: Thing, scene: Scene) -> str:
 # ----------------------------------------------------------------------------- language about a scene
 
 
-def caption(scene: Scene, positions: bool = False, character: bool = False) -> str:
+def caption(scene: Scene, positions: bool = False) -> str:
     """A brief caption: "A small red circle and a large blue square." (``positions``: "... circle at the top
     left and ...", as stage 1 captions the world's images)."""
     names = [f"a {t.size} {t.name}" + (f" at the {where(t, scene)}" if positions else "") for t in scene.things]
     text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    text = text[0].upper() + text[1:] + "."
-    if character and scene.character:
-        text += f" The character {scene.character} is printed near the bottom."
-    return text
+    return text[0].upper() + text[1:] + "."
 
 
 def description(scene: Scene) -> str:
@@ -205,7 +200,7 @@ def task_pairs(kind: str, scene: Scene, rng: random.Random) -> list[tuple[str, s
         return [("Describe the image in detail.", description(scene))]
     if kind == "conversation":
         t = rng.choice(scene.things)
-        return [("What can you see in this picture?", caption(scene, character=CHARACTER_IN_TEXT)),
+        return [("What can you see in this picture?", caption(scene)),
                 (f"Where is the {t.name}?", f"The {t.name} is at the {where(t, scene)} of the image.")]
     if kind == "short":  # like VQAv2/GQA
         kinds = rng.sample(["colour", "shape", "count"], k=rng.randint(1, 3))
@@ -245,8 +240,7 @@ def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image:
 _OBJECT_WORDINGS = ("a {size} {colour} {shape}", "a {colour} {shape}", "one {colour} {shape}")
 _SCENE_OPENERS = ("There is {objects}.", "I see {objects}.", "The picture shows {objects}.", "{Objects}.",
                   "Here we have {objects}.")
-TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long", "option", "text")
-CHARACTER_IN_TEXT = bool(__import__("os").environ.get("MINILLAVA_CHAR_TEXT"))  # experiment
+TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long", "option")
 # The kinds a record's questions are drawn from: the two that need binding (find the named object, read out its
 # other attribute) twice as often as the rest.
 TEXT_LOOKUP_MIX = ("colour", "shape") * 2 + ("count", "pope", "choice", "where", "colour_long", "shape_long")
@@ -271,7 +265,7 @@ def object_phrases(positions: bool = False) -> list[str]:
     return [f"{o} at the {p}" for o in objects for p in POSITIONS] if positions else objects
 
 
-def text_scene(scene: Scene, rng: random.Random, positions: bool = False, character: bool = False) -> str:
+def text_scene(scene: Scene, rng: random.Random, positions: bool = False) -> str:
     """The scene told in words: its objects in random order, each in one of a few wordings (``positions``: with
     where each one is). What the toy LM reads where a real LLM reads a paragraph, before it ever sees an image."""
     things = rng.sample(scene.things, k=len(scene.things))
@@ -281,8 +275,7 @@ def text_scene(scene: Scene, rng: random.Random, positions: bool = False, charac
         names.append(f"{name} at the {where(t, scene)}" if positions else name)
     objects = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     opener = rng.choice(_SCENE_OPENERS)
-    text = opener.format(objects=objects, Objects=objects[0].upper() + objects[1:])
-    return text + f" {scene.character}" if character and scene.character else text
+    return opener.format(objects=objects, Objects=objects[0].upper() + objects[1:])
 
 
 def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
@@ -302,8 +295,6 @@ def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, st
         return with_format_prompt(q, MULTIPLE_CHOICE), a
     if kind == "where":
         return with_format_prompt(f"Where is the {t.name}?", SHORT_ANSWER), where(t, scene)
-    if kind == "text":
-        return with_format_prompt("What character is printed in the image?", SHORT_ANSWER), scene.character or "none"
     if kind == "option":  # multiple choice's second hop alone: the colour is given, find its option line
         lines, letter = colour_options(t.colour, rng)
         return with_format_prompt(f"Which option is {t.colour}?\n{lines}", MULTIPLE_CHOICE), letter
@@ -326,7 +317,7 @@ def text_lookup_record(scene: Scene, rng: random.Random, kinds: Sequence[str] | 
     kinds = list(kinds or [rng.choice(mix) for _ in range(rng.randint(*questions))])
     pairs = [text_lookup_qa(scene, rng, kind) for kind in kinds]
     told = "where" in kinds or (positions > 0 and rng.random() < positions)  # no draw at 0: records as before
-    context = text_scene(scene, rng, positions=told, character=CHARACTER_IN_TEXT)
+    context = text_scene(scene, rng, positions=told)
     conv = []
     for i, (q, a) in enumerate(pairs):
         conv += [{"from": "human", "value": (context + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
@@ -562,8 +553,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     """
     final = Path(folder)
     spec = {"version": WORLD_VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed,
-            "text_only_share": text_only_share, "text_lookup_share": text_lookup_share,
-            "closeup_share": CLOSEUP_SHARE, "closeup_s1": CLOSEUP_S1, "char_text": CHARACTER_IN_TEXT}
+            "text_only_share": text_only_share, "text_lookup_share": text_lookup_share}
 
     def complete(f: Path) -> bool:
         return (f / "world.json").exists() and json.loads((f / "world.json").read_text()) == spec
@@ -574,7 +564,6 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     (folder / "images").mkdir()
     (folder / "eval").mkdir(exist_ok=True)
     rng, lookup_rng = random.Random(seed), random.Random(f"{seed}-text-lookups")
-    closeup_rng = random.Random(seed + 77)
     stage1, stage2, questions = [], [], {task: [] for task in EVAL_TASKS}
     for i in tqdm(range(n_train + n_eval), desc="toy world", disable=not progress):
         scene = world_scene(seed, i)
@@ -586,7 +575,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
             continue
         stage1.append({"id": f"scene{scene.seed}-caption", "image": image, "conversations": [
             {"from": "human", "value": f"{IMAGE}\nRender a clear and concise summary of the photo."},
-            {"from": "gpt", "value": caption(scene, positions=True, character=CHARACTER_IN_TEXT)}]})
+            {"from": "gpt", "value": caption(scene, positions=True)}]})
         stage2.append(stage2_record(scene, image, rng))
         if rng.random() < text_only_share:
             q, a = rng.choice(TEXT_ONLY)
@@ -595,20 +584,6 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
         if lookup_rng.random() < text_lookup_share:  # as the LM's last pretraining phase asks them
             stage2.append(text_lookup_record(make_scene(LOOKUP_SEEDS + seed * 7919 + i), lookup_rng,
                                              mix=TEXT_LOOKUP_POSITION_MIX, positions=0.75))
-        if closeup_rng.random() < CLOSEUP_SHARE:  # experiment: a close-up as an HD cell shows it, and its character
-            from .encoder import mean_colour
-            other = make_scene(seed * 1_000_003 + 10_000_000 + i)
-            cu, _ = close_up(other, 64, closeup_rng, around_character=True,
-                             fill=mean_colour((0.48145466, 0.4578275, 0.40821073)))
-            cu.save(folder / "images" / f"closeup{i:06d}.png")
-            (q, a), = task_pairs("text", other, closeup_rng)
-            stage2.append({"id": f"closeup{other.seed}-text", "image": f"closeup{i:06d}.png", "conversations": [
-                {"from": "human", "value": f"{IMAGE}\n{q}"}, {"from": "gpt", "value": a}]})
-            if CLOSEUP_S1:  # experiment: the close-up captioned in stage 1 too, as captions name text in images
-                stage1.append({"id": f"closeup{other.seed}-caption", "image": f"closeup{i:06d}.png", "conversations": [
-                    {"from": "human", "value": f"{IMAGE}\nRender a clear and concise summary of the photo."},
-                    {"from": "gpt", "value": f"The character {other.character} is printed in the image."
-                     if other.character else "There is no text in the image."}]})
     (folder / "stage1.json").write_text(json.dumps(stage1, indent=1))
     (folder / "stage2.json").write_text(json.dumps(stage2, indent=1))
     for task, qs in questions.items():
