@@ -224,17 +224,30 @@ def ablate(args: argparse.Namespace) -> None:
     print(f"report: {Path(args.out) / 'ablation.md'}")
 
 
+def connector_kind(kind: str) -> str:
+    """``--connector``: a name ``connector.build_connector`` knows, checked before any work starts."""
+    from .connector import build_connector
+
+    try:
+        build_connector(kind, 2, 2)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return kind
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="minillava", description="A small, exact, teachable LLaVA-1.5.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("run", help="run a whole recipe end to end (the embedded default: `run toy`)")
-    p.add_argument("recipe", choices=["toy"])
+    p.add_argument("recipe", choices=["toy"], help="the recipe to run (toy: the embedded default)")
     p.add_argument("--out", default="runs/toy", help="run folder (report, loss curves, model)")
-    p.add_argument("--connector", default="mlp2x_gelu")
-    p.add_argument("--train-images", type=int, default=5000)
+    p.add_argument("--connector", type=connector_kind, default="mlp2x_gelu",
+                   help="linear, mlp2x_gelu (LLaVA-1.5's two-layer MLP), mlp3x_gelu, ...")
+    p.add_argument("--train-images", type=int, default=5000, help="toy-world training images (both stages)")
     p.add_argument("--eval-images", type=int, default=200, help="held-out images: one question per task each")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the toy world and the connector's initialisation (another seed is another world)")
     p.add_argument("--fast", action="store_true", help="tiny budgets: checks the pipeline in seconds")
     p.add_argument("--backbones", help="a folder from `minillava backbones build` (default: the shipped ones)")
     p.set_defaults(func=run_toy)
@@ -247,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vision", required=True,
                    help="vision tower: hub name or folder (openai/clip-vit-large-patch14-336)")
     p.add_argument("--llm", required=True, help="language model: hub name or folder (lmsys/vicuna-7b-v1.5)")
-    p.add_argument("--connector", default="mlp2x_gelu")
+    p.add_argument("--connector", type=connector_kind, default="mlp2x_gelu",
+                   help="linear, mlp2x_gelu (LLaVA-1.5's), mlp3x_gelu, ...")
     p.add_argument("--hd", action="store_true", help="LLaVA-1.5-HD: the grid encoder with the global view")
     p.add_argument("--stage1", help="stage 2: the stage-1 output folder whose connector to start from")
     p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, loss curve, result)")
@@ -276,27 +290,30 @@ def main(argv: list[str] | None = None) -> None:
 
     p = commands.add_parser("plan", help="parameters, memory per GPU and time of a recipe, before a long run")
     p.add_argument("--recipe", required=True, help="e.g. configs/recipes/llava15-7b-stage2.yaml")
-    p.add_argument("--llm", default="lmsys/vicuna-7b-v1.5", choices=sorted(LLMS))
-    p.add_argument("--vision", default="openai/clip-vit-large-patch14-336", choices=sorted(VISION))
-    p.add_argument("--connector", default="mlp2x_gelu")
-    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--llm", default="lmsys/vicuna-7b-v1.5", choices=sorted(LLMS), help="the language model")
+    p.add_argument("--vision", default="openai/clip-vit-large-patch14-336", choices=sorted(VISION),
+                   help="the vision tower")
+    p.add_argument("--connector", type=connector_kind, default="mlp2x_gelu",
+                   help="linear, mlp2x_gelu (LLaVA-1.5's), mlp3x_gelu, ...")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs the run is spread over")
     p.add_argument("--gpu-memory", type=float, default=80, help="GB per GPU")
     p.add_argument("--gpu-tflops", type=float, default=312, help="dense bf16 peak per GPU (A100: 312)")
-    p.add_argument("--strategy", choices=STRATEGIES, default="zero3")
+    p.add_argument("--strategy", choices=STRATEGIES, default="zero3",
+                   help="how weights, gradients and optimizer states are spread over the GPUs (LLaVA-1.5: zero3)")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
     p.set_defaults(func=plan_command)
 
     p = commands.add_parser("merge-lora", help="fold a LoRA stage-2 run into a plain model folder")
     p.add_argument("run", help="the stage-2 output folder (adapter/, connector.safetensors)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the merged model folder (MiniLlava.from_pretrained reads it)")
     p.set_defaults(func=merge_lora_command)
 
     p = commands.add_parser("chat", help="talk with a model about an image (or ask one --question)")
     p.add_argument("--model", required=True, help="a run folder or a MiniLlava model folder")
     p.add_argument("--image", help="an image file (omit for a text-only conversation)")
     p.add_argument("--question", help="answer this one question and exit (default: an interactive conversation)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=int, default=512, help="longest answer, in tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding (as the paper evaluates)")
     p.set_defaults(func=chat)
 
     from .evaluate import BENCHMARKS
@@ -311,28 +328,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-folder", help="folder the questions' image paths are relative to")
     p.add_argument("--annotations", help="JSON/JSONL with question_id and answer/answers/label (omit: answer only)")
     p.add_argument("--answers", help="where to write the answers JSONL (default: next to the questions)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16, help="questions answered at once")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, in tokens")
     p.set_defaults(func=evaluate)
 
     p = commands.add_parser("backbones", help="the toy backbones: `minillava backbones build --out DIR`, `show`")
     backbone_commands = p.add_subparsers(dest="backbones_command", required=True)
     p = backbone_commands.add_parser("build", help="build the toy tokenizer, vision tower and LM from a seed",
-                                     description="Pretrains the toy backbones (about 27 min on 2 CPU cores at the "
+                                     description="Pretrains the toy backbones (about 65 min on 2 CPU cores at the "
                                      "default spec), probes them, and writes OUT/vision, OUT/llm and "
                                      "OUT/manifest.json. The shipped build is minillava/toy_backbones.")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed every part is built from")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a BackboneSpec field")
     p.add_argument("--tiny", action="store_true", help="a few steps of each part: checks the build in seconds")
     p.add_argument("--force", action="store_true", help="replace backbones already in OUT")
     p.set_defaults(func=backbones_build)
     p = backbone_commands.add_parser("show", help="print a backbones folder's manifest (default: the shipped one)")
-    p.add_argument("folder", nargs="?")
+    p.add_argument("folder", nargs="?", help="a backbones folder (default: the shipped one)")
     p.set_defaults(func=backbones_show)
 
     p = commands.add_parser("ablate", help="the paper's ablations at toy scale (connector, format prompts, HD)")
-    p.add_argument("--out", default="runs/ablate")
+    p.add_argument("--out", default="runs/ablate", help="its runs and report.md")
     p.add_argument("--quick", action="store_true", help="one seed, a few steps (minutes)")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3, --quick 1)")
     p.add_argument("--groups", help="comma-separated subset of: connector,format,resolution")

@@ -269,3 +269,17 @@ def test_chat_command_talks_until_an_empty_line(model, tmp_path, monkeypatch, ca
     for image, message in (("missing.png", "no such file"), ("broken.png", "not a readable image")):
         with pytest.raises(SystemExit, match=message):
             main(["chat", "--model", str(tmp_path / "m"), "--image", str(tmp_path / image), "--question", "Hi?"])
+
+
+def test_commands_refuse_an_unknown_connector_before_any_work(tmp_path, capsys):
+    from minillava.cli import main
+
+    for argv in (["run", "toy", "--fast", "--out", str(tmp_path / "run")],
+                 ["train", "recipe.yaml", "--vision", "v", "--llm", "l", "--out", str(tmp_path / "train")],
+                 ["plan", "--recipe", "recipe.yaml"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv + ["--connector", "mlp2x_relu"])
+        assert exit_.value.code == 2 and "unknown connector 'mlp2x_relu'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing was started
+    main(["plan", "--recipe", "configs/recipes/llava15-7b-stage1.yaml", "--connector", "linear"])
+    assert f"connector {1024 * 4096 + 4096:,}" in capsys.readouterr().out  # CLIP-L's 1024 -> Vicuna-7B's 4096
