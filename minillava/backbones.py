@@ -35,7 +35,7 @@ from .toyworld import LOOKUP_SEEDS
 
 # Llama's layout: <unk>=0, <s>=1, </s>=2; then the pad and image tokens LLaVA needs.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-BACKBONES_VERSION = 9  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
+BACKBONES_VERSION = 10  # bump when the pretraining changes, so cached and shipped backbones are rebuilt
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2000,
@@ -127,6 +127,7 @@ class BackboneSpec:
     lm_hop_steps: int = 2500  # then this many more, captions kept, multiple choice's second hop joining
     lm_position_steps: int = 2000  # then this many more, with each object and its place in one new token
     lm_position_share: float = 0.75  # the share of scenes in words that tell where their objects are then
+    lm_character_steps: int = 1500  # then this many more, each scene in words ending with its printed character
     lm_eval_every: int = 250  # score the text lookups every so many steps (0: never), into manifest.json
     probe_scenes: int = 100  # fresh scenes per probe question kind and object count (manifest.json)
     seed: int = 0
@@ -186,28 +187,28 @@ def pretrain_vision_tower(images: Sequence[Image.Image], labels: torch.Tensor, c
 
 
 def lookup_example(tokenizer, seed: int, n_things: int | None = None, kinds: Sequence[str] | None = None,
-                   mix: Sequence[str] | None = None, positions: float = 0.0) -> dict:
+                   mix: Sequence[str] | None = None, positions: float = 0.0, character: bool = False) -> dict:
     """One text-lookup record (``toyworld.text_lookup_record``: questions of ``kinds``, or drawn from ``mix``) of
     scene ``seed``, tokenized in the chat template with labels on the answers only: ``{"input_ids", "labels"}``."""
     from .prompts import prepare_tokenizer, tokenize_conversation
     from .toyworld import TEXT_LOOKUP_MIX, make_scene, text_lookup_record
 
     record = text_lookup_record(make_scene(seed, n_things), random.Random(seed), kinds, mix=mix or TEXT_LOOKUP_MIX,
-                                positions=positions)
+                                positions=positions, character=character)
     return tokenize_conversation(record["conversations"], tokenizer, prepare_tokenizer(tokenizer))
 
 
-def caption_example(tokenizer, seed: int, positions: bool = False) -> dict:
+def caption_example(tokenizer, seed: int, positions: bool = False, character: bool = False) -> dict:
     """A scene told in words, a new line, then its caption, with labels on the caption only: the text form of
     a stage-1 sample (``<image>`` + caption, the ``plain`` template), so the LM learns to describe what its
     context holds before the connector has to make image patches read like that context. ``positions``: the
-    scene and its caption tell where each object is."""
+    scene and its caption tell where each object is; ``character``: and which character is printed."""
     from .prompts import IGNORE_INDEX
     from .toyworld import caption, make_scene, text_scene
 
     scene = make_scene(seed)
-    context = tokenizer(text_scene(scene, random.Random(seed), positions) + "\n")["input_ids"]  # BOS + scene
-    answer = tokenizer(caption(scene, positions) + "\n", add_special_tokens=False)["input_ids"]
+    context = tokenizer(text_scene(scene, random.Random(seed), positions, character) + "\n")["input_ids"]  # BOS ...
+    answer = tokenizer(caption(scene, positions, character) + "\n", add_special_tokens=False)["input_ids"]
     return {"input_ids": context + answer, "labels": [IGNORE_INDEX] * len(context) + answer}
 
 
@@ -215,34 +216,42 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
                             history: list | None = None) -> LlamaForCausalLM:
     """A tiny Llama that, like Vicuna, reads a context and answers from it.
 
-    Four phases (``lm_phases``), each with its own optimizer, warm-up and decay. Every batch is
+    Five phases (``lm_phases``), each with its own optimizer, warm-up and decay. Every batch is
     ``lm_text_share`` plain toy text (next-token prediction on every token, like a base LLM) and the rest
     text-lookup conversations (``toyworld.text_lookup_record``: a scene in words, then questions in the chat
     template answered from it; loss on the answers). From the second phase on, ``lm_caption_share`` of each
     batch is scenes in words followed by their captions (``caption_example``; loss on the caption); the third
     adds multiple choice's second hop (``toyworld.TEXT_LOOKUP_HOP_MIX``); the fourth names each object and its
-    place with one new token (``add_position_tokens``), as a patch holds both, and asks where things are.
+    place with one new token (``add_position_tokens``), as a patch holds both, and asks where things are; the
+    fifth ends each scene in words with its printed character and asks for it (the plain text then names it
+    too), so that the LM reads a character before any image shows it one.
     Without the lookups the LM never learns to find "the square" in its context and read out its colour, and
     LLaVA's stage 2 is far too short to grow that from nothing; without the captions the lookups stay in text
     and never reach the image; with the captions or the hop from the first step, the "is there ...?" lookup
-    never forms; without the place in the object's token, the LM never reads a place off an image
-    (docs/findings.md).
+    never forms; without the place in the object's token, the LM never reads a place off an image; without
+    the fifth, an HD model that sees a glyph answers "none" or guesses (docs/findings.md).
 
     The lookups form suddenly after a plateau, so the build watches them: every ``lm_eval_every`` steps they
     are scored on fresh scenes by object count and kind, printed, and appended to ``history``.
     """
+    from .toyworld import language_corpus
+
     torch.manual_seed(spec.seed)
     lm = tiny_language_model(tokenizer, hidden_size=spec.lm_width, num_layers=spec.lm_layers,
                              num_heads=spec.lm_heads)
     rng, step = random.Random(spec.seed), 0
-    tokenize = lambda: [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]  # BOS text EOS
-    text_ids = tokenize()
-    for name, steps, caption_share, mix, positions in lm_phases(spec):
-        if positions and steps:
+    tokenize = lambda texts: [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]  # BOS text EOS
+    text_ids, grown = tokenize(texts), False
+    for name, steps, caption_share, mix, positions, character in lm_phases(spec):
+        if positions and steps and not grown:
             add_position_tokens(tokenizer, lm)
-            text_ids = tokenize()  # the new tokens may appear in the plain text too
+            text_ids, grown = tokenize(texts), True  # the new tokens may appear in the plain text too
+        if character:  # the plain text names the characters too; the phase came after the shipped v7 LM, and a
+            # random stream of its own leaves the four phases before it as they were
+            text_ids = tokenize(language_corpus(spec.corpus_scenes, spec.seed, character=True))
+            rng = random.Random(spec.seed + 1)
         step = train_language_model_phase(lm, tokenizer, text_ids, spec, name, steps, caption_share, mix, rng,
-                                          step, progress, history, positions)
+                                          step, progress, history, positions, character)
     return lm.eval()
 
 
@@ -266,25 +275,29 @@ def add_position_tokens(tokenizer, lm) -> None:
                 rows[old + i] = rows[obj_id] + rows[place_ids].mean(0)
 
 
-def lm_phases(spec: BackboneSpec) -> list[tuple[str, int, float, tuple[str, ...], float]]:
+def lm_phases(spec: BackboneSpec) -> list[tuple[str, int, float, tuple[str, ...], float, bool]]:
     """The LM's pretraining phases: ``(name, steps, caption share, lookup question mix, share of scenes that
-    tell where their objects are)``; a phase with positions first grows the vocabulary (``add_position_tokens``)."""
-    from .toyworld import TEXT_LOOKUP_HOP_MIX, TEXT_LOOKUP_MIX, TEXT_LOOKUP_POSITION_MIX
+    tell where their objects are, whether scenes tell their printed character)``; the "+ positions" phase first
+    grows the vocabulary (``add_position_tokens``)."""
+    from .toyworld import TEXT_LOOKUP_CHARACTER_MIX, TEXT_LOOKUP_HOP_MIX, TEXT_LOOKUP_MIX, TEXT_LOOKUP_POSITION_MIX
 
-    return [("lookups", spec.lm_steps, 0.0, TEXT_LOOKUP_MIX, 0.0),
-            ("+ captions", spec.lm_caption_steps, spec.lm_caption_share, TEXT_LOOKUP_MIX, 0.0),
-            ("+ option hop", spec.lm_hop_steps, spec.lm_caption_share, TEXT_LOOKUP_HOP_MIX, 0.0),
+    return [("lookups", spec.lm_steps, 0.0, TEXT_LOOKUP_MIX, 0.0, False),
+            ("+ captions", spec.lm_caption_steps, spec.lm_caption_share, TEXT_LOOKUP_MIX, 0.0, False),
+            ("+ option hop", spec.lm_hop_steps, spec.lm_caption_share, TEXT_LOOKUP_HOP_MIX, 0.0, False),
             ("+ positions", spec.lm_position_steps, spec.lm_caption_share, TEXT_LOOKUP_POSITION_MIX,
-             spec.lm_position_share)]
+             spec.lm_position_share, False),
+            ("+ characters", spec.lm_character_steps, spec.lm_caption_share, TEXT_LOOKUP_CHARACTER_MIX,
+             spec.lm_position_share, True)]
 
 
 def train_language_model_phase(lm, tokenizer, text_ids: Sequence[list[int]], spec: BackboneSpec, name: str,
                                steps: int, caption_share: float, mix: Sequence[str], rng: random.Random,
                                step: int = 0, progress: bool = True, history: list | None = None,
-                               positions: float = 0.0) -> int:
+                               positions: float = 0.0, character: bool = False) -> int:
     """``steps`` steps of one pretraining phase of ``pretrain_language_model`` (``rng`` draws the batches;
     ``step`` counts on from the phases before; ``positions``: the share of scenes in words that tell where their
-    objects are, and every caption does then). Returns the step count after it."""
+    objects are, and every caption does then; ``character``: scenes and captions tell the printed character).
+    Returns the step count after it."""
     from .prompts import IGNORE_INDEX
 
     if not steps:
@@ -298,17 +311,17 @@ def train_language_model_phase(lm, tokenizer, text_ids: Sequence[list[int]], spe
     bar = tqdm(range(steps), desc=f"pretrain language model ({name})", disable=not progress)
     for _ in bar:
         if spec.lm_eval_every and step % spec.lm_eval_every == 0 and step:
-            accuracy = text_lookup_accuracy(lm, tokenizer, 20, seed=1)
+            accuracy = text_lookup_accuracy(lm, tokenizer, 20, seed=1, character=character)
             lm.train()
             if history is not None:
                 history.append({"step": step, **{k: round(v, 3) for k, v in accuracy.items()}})
             bar.write(f"step {step}: text lookups " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
         rows = [{"input_ids": ids, "labels": ids} for ids in rng.sample(text_ids, k=min(n_text, len(text_ids)))]
         texts_in_batch = len(rows)
-        rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), positions > 0)
+        rows += [caption_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), positions > 0, character)
                  for _ in range(n_captions)]
-        rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), mix=mix, positions=positions)
-                 for _ in range(spec.lm_batch_size - len(rows))]
+        rows += [lookup_example(tokenizer, LOOKUP_SEEDS + rng.randrange(10**8), mix=mix, positions=positions,
+                                character=character) for _ in range(spec.lm_batch_size - len(rows))]
         input_ids, labels = _pad_rows(rows, pad)
         logits = lm(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits[:, :-1]  # (B, T-1, V)
         targets = labels[:, 1:]
@@ -331,11 +344,12 @@ def train_language_model_phase(lm, tokenizer, text_ids: Sequence[list[int]], spe
 
 @torch.no_grad()
 def text_lookup_accuracy(lm, tokenizer, n_scenes: int = 100, seed: int = 0,
-                         kinds: Sequence[str] | None = None) -> dict[str, float]:
+                         kinds: Sequence[str] | None = None, character: bool = True) -> dict[str, float]:
     """How often the LM answers a text lookup exactly right, on fresh scenes, by number of objects.
 
-    For each object count (1, 2, 3) and each kind (default: all of ``toyworld.TEXT_LOOKUP_KINDS``), ``n_scenes``
-    one-question records; an answer is right when
+    For each object count (1, 2, 3) and each kind (default: all of ``toyworld.TEXT_LOOKUP_KINDS``; without
+    ``character``, the scenes in words do not tell their printed character and "text" is left out),
+    ``n_scenes`` one-question records; an answer is right when
     every answer token (and the closing ``</s>``) is the LM's top choice given the ones before it, which is what
     greedy decoding would produce. Returns ``{"1 object": ..., "2 objects": ..., "3 objects": ...,
     "<kind>": ...}``, fractions in [0, 1].
@@ -346,8 +360,9 @@ def text_lookup_accuracy(lm, tokenizer, n_scenes: int = 100, seed: int = 0,
     lm.eval()
     right: dict[str, list[bool]] = {}
     for n in (1, 2, 3):
-        for kind in kinds or TEXT_LOOKUP_KINDS:
-            rows = [lookup_example(tokenizer, 4 * 10**9 + seed * 100_003 + 1000 * n + i, n, [kind])
+        for kind in kinds or [k for k in TEXT_LOOKUP_KINDS if character or k != "text"]:
+            rows = [lookup_example(tokenizer, 4 * 10**9 + seed * 100_003 + 1000 * n + i, n, [kind],
+                                   character=character)
                     for i in range(n_scenes)]
             input_ids, labels = _pad_rows(rows, tokenizer.pad_token_id)
             logits = lm(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long()).logits

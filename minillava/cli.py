@@ -192,6 +192,7 @@ def backbones_build(args: argparse.Namespace) -> None:
     if args.tiny:  # the same code at a tiny budget: checks the build end to end in seconds
         spec.corpus_scenes, spec.tower_scenes, spec.vision_steps, spec.probe_scenes = 200, 50, 3, 10
         spec.lm_steps, spec.lm_caption_steps, spec.lm_hop_steps, spec.lm_position_steps = 3, 2, 2, 2
+        spec.lm_character_steps = 2
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:
         raise SystemExit(f"{out} already holds built backbones; pass --force to replace them")

@@ -39,7 +39,8 @@ SIZES = {"small": 13, "large": 22}  # half-width in pixels on a 128-pixel canvas
 CHARACTERS = "ABCDEFHKLMNPRTXZ2345679"  # glyphs that stay distinct in a tiny font
 CANVAS_SIZES = ((128, 128), (160, 128), (128, 160))  # (width, height): square, landscape, portrait
 NUMBER_WORDS = ["zero", "one", "two", "three"]
-WORLD_VERSION = 5  # bump when the generator changes, so cached worlds (and backbones built on them) are rebuilt
+PAD_COLOUR = (122, 116, 104)  # what the encoders pad with: CLIP's mean colour (encoder.mean_colour)
+WORLD_VERSION = 6  # bump when the generator changes, so cached worlds (and backbones built on them) are rebuilt
 
 
 @dataclass(frozen=True)
@@ -131,12 +132,16 @@ def box_on_padded_square(thing: Thing, scene: Scene) -> str:
 # ----------------------------------------------------------------------------- language about a scene
 
 
-def caption(scene: Scene, positions: bool = False) -> str:
+def caption(scene: Scene, positions: bool = False, character: bool = False) -> str:
     """A brief caption: "A small red circle and a large blue square." (``positions``: "... circle at the top
-    left and ...", as stage 1 captions the world's images)."""
+    left and ...", as stage 1 captions the world's images; ``character``: "... The character Q is printed near
+    the bottom.", as TextCaps' captions name the text in an image)."""
     names = [f"a {t.size} {t.name}" + (f" at the {where(t, scene)}" if positions else "") for t in scene.things]
     text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    return text[0].upper() + text[1:] + "."
+    text = text[0].upper() + text[1:] + "."
+    if character and scene.character:
+        text += f" The character {scene.character} is printed near the bottom."
+    return text
 
 
 def description(scene: Scene) -> str:
@@ -194,13 +199,14 @@ TEXT_ONLY = [("Which shape has three corners?", "A triangle has three corners.")
 STAGE2_KINDS = ("detail", "conversation", "short", "choice", "pope", "text", "region")
 
 
-def task_pairs(kind: str, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    """The (question, answer) pairs of one task kind about ``scene``, with the kind's response-format prompt."""
+def task_pairs(kind: str, scene: Scene, rng: random.Random, character: bool = True) -> list[tuple[str, str]]:
+    """The (question, answer) pairs of one task kind about ``scene``, with the kind's response-format prompt
+    (``character``: the conversation's caption names the printed character)."""
     if kind == "detail":
         return [("Describe the image in detail.", description(scene))]
     if kind == "conversation":
         t = rng.choice(scene.things)
-        return [("What can you see in this picture?", caption(scene)),
+        return [("What can you see in this picture?", caption(scene, character=character)),
                 (f"Where is the {t.name}?", f"The {t.name} is at the {where(t, scene)} of the image.")]
     if kind == "short":  # like VQAv2/GQA
         kinds = rng.sample(["colour", "shape", "count"], k=rng.randint(1, 3))
@@ -221,11 +227,12 @@ def task_pairs(kind: str, scene: Scene, rng: random.Random) -> list[tuple[str, s
             (with_format_prompt(f"The {t.name}.", TEXT_TO_REGION), box)]
 
 
-def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image: int = 2) -> dict:
+def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image: int = 2,
+                  character: bool = True) -> dict:
     """One instruction-tuning record about ``scene``: the QA pairs of a few task kinds merged into one
     multi-turn conversation, as LLaVA-1.5's mix merges the QA pairs of one image."""
     kinds = rng.sample(STAGE2_KINDS, k=kinds_per_image)
-    pairs = [pair for kind in kinds for pair in task_pairs(kind, scene, rng)]
+    pairs = [pair for kind in kinds for pair in task_pairs(kind, scene, rng, character)]
     conv = []
     for i, (q, a) in enumerate(pairs):
         conv += [{"from": "human", "value": (IMAGE + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
@@ -240,7 +247,8 @@ def stage2_record(scene: Scene, image: str, rng: random.Random, kinds_per_image:
 _OBJECT_WORDINGS = ("a {size} {colour} {shape}", "a {colour} {shape}", "one {colour} {shape}")
 _SCENE_OPENERS = ("There is {objects}.", "I see {objects}.", "The picture shows {objects}.", "{Objects}.",
                   "Here we have {objects}.")
-TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long", "option")
+TEXT_LOOKUP_KINDS = ("colour", "shape", "count", "pope", "choice", "where", "colour_long", "shape_long", "option",
+                     "text")
 # The kinds a record's questions are drawn from: the two that need binding (find the named object, read out its
 # other attribute) twice as often as the rest.
 TEXT_LOOKUP_MIX = ("colour", "shape") * 2 + ("count", "pope", "choice", "where", "colour_long", "shape_long")
@@ -251,6 +259,9 @@ TEXT_LOOKUP_HOP_MIX = TEXT_LOOKUP_MIX + ("choice", "option") * 2
 # The last phase tells where the objects are in most scenes, each object with its place in one token (below),
 # and asks "where" more often.
 TEXT_LOOKUP_POSITION_MIX = TEXT_LOOKUP_HOP_MIX + ("where",) * 2
+# The fifth phase tells the printed character after the scene ("... and a blue square. Q") and asks for it, so
+# that the LM reads a character before any image shows it one, as Vicuna reads text before LLaVA's OCR data.
+TEXT_LOOKUP_CHARACTER_MIX = TEXT_LOOKUP_POSITION_MIX + ("text",) * 2
 
 
 LOOKUP_SEEDS = 3 * 10**9  # scenes of the LM's text lookups; the probes' held-out scenes start at 4 * 10**9
@@ -265,9 +276,10 @@ def object_phrases(positions: bool = False) -> list[str]:
     return [f"{o} at the {p}" for o in objects for p in POSITIONS] if positions else objects
 
 
-def text_scene(scene: Scene, rng: random.Random, positions: bool = False) -> str:
+def text_scene(scene: Scene, rng: random.Random, positions: bool = False, character: bool = False) -> str:
     """The scene told in words: its objects in random order, each in one of a few wordings (``positions``: with
-    where each one is). What the toy LM reads where a real LLM reads a paragraph, before it ever sees an image."""
+    where each one is; ``character``: then the printed character, if any). What the toy LM reads where a real LLM
+    reads a paragraph, before it ever sees an image."""
     things = rng.sample(scene.things, k=len(scene.things))
     names = []
     for t in things:
@@ -275,7 +287,8 @@ def text_scene(scene: Scene, rng: random.Random, positions: bool = False) -> str
         names.append(f"{name} at the {where(t, scene)}" if positions else name)
     objects = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     opener = rng.choice(_SCENE_OPENERS)
-    return opener.format(objects=objects, Objects=objects[0].upper() + objects[1:])
+    text = opener.format(objects=objects, Objects=objects[0].upper() + objects[1:])
+    return text + f" {scene.character}" if character and scene.character else text
 
 
 def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
@@ -295,6 +308,8 @@ def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, st
         return with_format_prompt(q, MULTIPLE_CHOICE), a
     if kind == "where":
         return with_format_prompt(f"Where is the {t.name}?", SHORT_ANSWER), where(t, scene)
+    if kind == "text":  # the image task's question; the character is told after the scene (``text_scene``)
+        return with_format_prompt("What character is printed in the image?", SHORT_ANSWER), scene.character or "none"
     if kind == "option":  # multiple choice's second hop alone: the colour is given, find its option line
         lines, letter = colour_options(t.colour, rng)
         return with_format_prompt(f"Which option is {t.colour}?\n{lines}", MULTIPLE_CHOICE), letter
@@ -305,9 +320,10 @@ def text_lookup_qa(scene: Scene, rng: random.Random, kind: str) -> tuple[str, st
 
 def text_lookup_record(scene: Scene, rng: random.Random, kinds: Sequence[str] | None = None,
                        questions: tuple[int, int] = (1, 3), mix: Sequence[str] = TEXT_LOOKUP_MIX,
-                       positions: float = 0.0) -> dict:
+                       positions: float = 0.0, character: bool = False) -> dict:
     """A text-only conversation: the scene in words, then questions answered from those words (``kinds``, or
-    between ``questions[0]`` and ``questions[1]`` of them drawn from ``mix``).
+    between ``questions[0]`` and ``questions[1]`` of them drawn from ``mix``; ``character``: the words end with
+    the printed character).
 
     Shaped like a stage-2 record with the text where the ``<image>`` marker would be, so the LM learns in text
     the skill the image tasks need: find the object the question names, and read out its other attribute.
@@ -317,26 +333,29 @@ def text_lookup_record(scene: Scene, rng: random.Random, kinds: Sequence[str] | 
     kinds = list(kinds or [rng.choice(mix) for _ in range(rng.randint(*questions))])
     pairs = [text_lookup_qa(scene, rng, kind) for kind in kinds]
     told = "where" in kinds or (positions > 0 and rng.random() < positions)  # no draw at 0: records as before
-    context = text_scene(scene, rng, positions=told)
+    context = text_scene(scene, rng, positions=told, character=character)
     conv = []
     for i, (q, a) in enumerate(pairs):
         conv += [{"from": "human", "value": (context + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
     return {"id": f"text-scene{scene.seed}-{'+'.join(kinds)}", "conversations": conv}
 
 
-def language_corpus(n_scenes: int, seed: int = 0, lookup_share: float = 0.5) -> list[str]:
+def language_corpus(n_scenes: int, seed: int = 0, lookup_share: float = 0.5, character: bool = False) -> list[str]:
     """Plain text of the toy world, without drawing an image: the captions and stage-2 turns of ``n_scenes``
     scenes, the text-only conversations, and text-lookup records (each record one text: scene, questions and
-    answers). What the toy tokenizer is trained on and the toy LM reads as its "web text"."""
+    answers). What the toy tokenizer is trained on and the toy LM reads as its "web text" (``character``: the
+    conversations' captions name the printed character and the scenes in words end with it, as the LM's fifth
+    phase reads them)."""
     rng = random.Random(seed)
     texts = []
     for i in range(n_scenes):
         scene = make_scene(2 * 10**9 + seed * 7919 + i)
         texts.append(caption(scene))
         texts += [turn["value"].replace(IMAGE, "").strip()
-                  for turn in stage2_record(scene, "", rng)["conversations"]]
+                  for turn in stage2_record(scene, "", rng, character=character)["conversations"]]
         if rng.random() < lookup_share:
-            texts.append(" ".join(turn["value"] for turn in text_lookup_record(scene, rng)["conversations"]))
+            texts.append(" ".join(turn["value"] for turn in text_lookup_record(scene, rng, character=character)[
+                "conversations"]))
     return texts + [f"{q} {a}" for q, a in TEXT_ONLY]
 
 
@@ -538,7 +557,8 @@ def world_scene(seed: int, i: int) -> Scene:
 
 
 def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed: int = 0,
-                text_only_share: float = 0.08, text_lookup_share: float = 0.08, progress: bool = True) -> Path:
+                text_only_share: float = 0.08, text_lookup_share: float = 0.08, close_up_share: float = 0.15,
+                progress: bool = True) -> Path:
     """Generate images + LLaVA-format JSON under ``folder`` (skipped if already complete for these arguments).
 
     Stage 2's mix holds, beside one record per training image, text-only conversations as LLaVA-1.5's holds
@@ -548,12 +568,19 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     choice (docs/findings.md, 2026-12-05). They come from a random stream of their own: the image records are
     the same whatever their share.
 
+    Text in images, as LLaVA-1.5's mix holds OCR-VQA and TextCaps (about 15% of it): captions and the
+    conversation's caption name the printed character, and ``close_up_share`` of the images add a close-up of
+    another scene as an HD cell shows it (``close_up``, around its character) asking which character is
+    printed. An HD model learns to read from them what its cells show; a base model cannot read the glyph at
+    its resolution (docs/findings.md, 2026-12-05).
+
     Layout: ``images/*.png``, ``stage1.json``, ``stage2.json``, ``eval/<task>.jsonl``,
     ``eval/<task>_answers.jsonl`` and ``world.json`` (the arguments, so a different world is never reused).
     """
     final = Path(folder)
     spec = {"version": WORLD_VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed,
-            "text_only_share": text_only_share, "text_lookup_share": text_lookup_share}
+            "text_only_share": text_only_share, "text_lookup_share": text_lookup_share,
+            "close_up_share": close_up_share}
 
     def complete(f: Path) -> bool:
         return (f / "world.json").exists() and json.loads((f / "world.json").read_text()) == spec
@@ -564,6 +591,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
     (folder / "images").mkdir()
     (folder / "eval").mkdir(exist_ok=True)
     rng, lookup_rng = random.Random(seed), random.Random(f"{seed}-text-lookups")
+    close_up_rng = random.Random(seed + 77)  # a stream of its own too
     stage1, stage2, questions = [], [], {task: [] for task in EVAL_TASKS}
     for i in tqdm(range(n_train + n_eval), desc="toy world", disable=not progress):
         scene = world_scene(seed, i)
@@ -575,7 +603,7 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
             continue
         stage1.append({"id": f"scene{scene.seed}-caption", "image": image, "conversations": [
             {"from": "human", "value": f"{IMAGE}\nRender a clear and concise summary of the photo."},
-            {"from": "gpt", "value": caption(scene, positions=True)}]})
+            {"from": "gpt", "value": caption(scene, positions=True, character=True)}]})
         stage2.append(stage2_record(scene, image, rng))
         if rng.random() < text_only_share:
             q, a = rng.choice(TEXT_ONLY)
@@ -583,7 +611,14 @@ def write_world(folder: str | Path, n_train: int = 2000, n_eval: int = 100, seed
                                                                  {"from": "gpt", "value": a}]})
         if lookup_rng.random() < text_lookup_share:  # as the LM's last pretraining phase asks them
             stage2.append(text_lookup_record(make_scene(LOOKUP_SEEDS + seed * 7919 + i), lookup_rng,
-                                             mix=TEXT_LOOKUP_POSITION_MIX, positions=0.75))
+                                             mix=TEXT_LOOKUP_POSITION_MIX, positions=0.75, character=True))
+        if close_up_rng.random() < close_up_share:
+            other = world_scene(seed, 10_000_000 + i)  # a scene none of the world's images shows
+            view, _ = close_up(other, 64, close_up_rng, around_character=True, fill=PAD_COLOUR)  # one toy HD cell
+            view.save(folder / "images" / f"closeup{i:06d}.png")
+            (q, a), = task_pairs("text", other, close_up_rng)
+            stage2.append({"id": f"closeup{other.seed}-text", "image": f"closeup{i:06d}.png", "conversations": [
+                {"from": "human", "value": f"{IMAGE}\n{q}"}, {"from": "gpt", "value": a}]})
     (folder / "stage1.json").write_text(json.dumps(stage1, indent=1))
     (folder / "stage2.json").write_text(json.dumps(stage2, indent=1))
     for task, qs in questions.items():

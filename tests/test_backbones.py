@@ -17,6 +17,7 @@ from minillava.backbones import (
     SHIPPED,
     BackboneSpec,
     add_position_tokens,
+    lm_phases,
     lookup_example,
     read_manifest,
     text_lookup_accuracy,
@@ -25,7 +26,9 @@ from minillava.backbones import (
 from minillava.encoder import VisionEncoder
 from minillava.prompts import IGNORE_INDEX
 from minillava.toyreport import probe_character, probe_scene, probe_vision_features
-from minillava.toyworld import WORLD_VERSION, make_scene, text_lookup_record
+from minillava.toyworld import WORLD_VERSION, language_corpus, make_scene, text_lookup_record, text_scene
+
+TEXT_THRESHOLD = 0.95
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,26 @@ def test_shipped_lm_answers_text_lookups_on_fresh_scenes(shipped):
         "colour", "shape", "count", "colour_long", "shape_long", "choice", "option"))
     assert min(accuracy[f"{n} object{'s' if n > 1 else ''}"] for n in (1, 2, 3)) >= 0.98, accuracy
     assert text_lookup_accuracy(lm, tokenizer, n_scenes=30, seed=7, kinds=("pope",))["pope"] >= 0.95
+
+
+def test_shipped_lm_reads_the_printed_character_in_text(shipped):
+    """The fifth phase: a scene in words ends with its printed character ("... and a blue square. Q"), and the
+    LM answers "What character is printed in the image?" with it, or "none" (what LLaVA's HD model needs the LM
+    to bring before its cells show it a glyph)."""
+    _, lm, tokenizer = shipped
+    assert text_lookup_accuracy(lm, tokenizer, n_scenes=30, seed=7, kinds=("text",))["text"] >= TEXT_THRESHOLD
+
+
+def test_the_lms_first_four_phases_read_no_characters():
+    """The fifth phase came after the first four: only it, and the world, tell the printed character in words."""
+    scenes = [make_scene(seed) for seed in range(40)]
+    rng = random.Random(0)
+    assert all(not text_scene(s, rng).endswith(f" {s.character}") for s in scenes if s.character)
+    assert all(text_scene(s, rng, character=True).endswith(f" {s.character}") for s in scenes if s.character)
+    without, told = language_corpus(40, 0), language_corpus(40, 0, character=True)
+    changed = [(a, b) for a, b in zip(without, told, strict=True) if a != b]
+    assert changed and all(len(b) > len(a) for a, b in changed)  # the same texts, some telling a character more
+    assert [phase[-1] for phase in lm_phases(BackboneSpec())] == [False] * 4 + [True]
 
 
 def test_text_lookup_accuracy_can_fail(shipped):
@@ -136,6 +159,7 @@ def test_the_build_command_runs_end_to_end(tmp_path, capsys):
     main(["backbones", "build", "--out", str(tmp_path / "bb"), "--tiny", "--set", "lm_width=64"])
     manifest = json.loads((tmp_path / "bb" / "manifest.json").read_text())
     assert manifest["spec"]["lm_width"] == 64 and manifest["spec"]["lm_steps"] == 3
+    assert manifest["spec"]["lm_character_steps"] == 2
     assert set(manifest["probes"]) == {"text lookup", "patches"}
     assert manifest["versions"]["torch"] == torch.__version__  # bit-identical rebuilds need the same libraries
     assert set(manifest["probes"]["patches"]) == {"colour", "shape", "size", "position", "character", "count",

@@ -16,7 +16,7 @@ from minillava.data import (
     records_from_hf_dataset,
 )
 from minillava.prompts import IGNORE_INDEX, IMAGE
-from minillava.toyworld import EVAL_TASKS, draw_scene, make_scene, write_world
+from minillava.toyworld import EVAL_TASKS, draw_scene, make_scene, world_scene, write_world
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,25 @@ def test_stage2_keeps_the_lms_text_lookups_on_a_stream_of_their_own(world, tmp_p
     assert lookups and not any("image" in r or IMAGE in r["conversations"][0]["value"] for r in lookups)
     without = write_world(tmp_path / "without", n_train=60, n_eval=6, seed=3, text_lookup_share=0.0, progress=False)
     assert [r for r in records if not r["id"].startswith("text-scene")] == load_records(without / "stage2.json")
+
+
+def test_the_world_holds_text_in_images_as_the_llava_mix_does(world, tmp_path):
+    """Stage-1 captions name the printed character (as TextCaps' captions do), and close-ups of other scenes, as
+    an HD cell shows them, ask which character is printed (as OCR-VQA does), from a random stream of their own:
+    without them every other record is the same."""
+    captions = [r["conversations"][1]["value"] for r in load_records(world / "stage1.json")]
+    scenes = [world_scene(3, i) for i in range(60)]
+    assert [c.endswith(f"The character {s.character} is printed near the bottom.") for c, s in zip(captions, scenes)] \
+        == [bool(s.character) for s in scenes]
+    records = load_records(world / "stage2.json")
+    close_ups = [r for r in records if r["id"].startswith("closeup")]
+    assert 3 <= len(close_ups) <= 20  # 15% of 60 images
+    for r in close_ups:
+        scene = make_scene(int(r["id"].removeprefix("closeup").split("-")[0]))
+        assert r["conversations"][1]["value"] == (scene.character or "none")
+        assert Image.open(world / "images" / r["image"]).size == (64, 64)  # one HD cell of the toy tower
+    without = write_world(tmp_path / "without", n_train=60, n_eval=6, seed=3, close_up_share=0.0, progress=False)
+    assert [r for r in records if r not in close_ups] == load_records(without / "stage2.json")
 
 
 def test_pope_records_ask_about_one_present_and_one_absent_object(world):
