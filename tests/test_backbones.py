@@ -28,7 +28,7 @@ from minillava.prompts import IGNORE_INDEX
 from minillava.toyreport import probe_character, probe_scene, probe_vision_features
 from minillava.toyworld import WORLD_VERSION, language_corpus, make_scene, text_lookup_record, text_scene
 
-TEXT_THRESHOLD = 0.95
+TEXT_THRESHOLD = 0.85  # the manifest: 96% of 300; before the fifth phase (v7): 0%
 
 
 @pytest.fixture(scope="module")

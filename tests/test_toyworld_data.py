@@ -223,7 +223,7 @@ def test_records_from_hugging_face_datasets(model):
 
 
 TINY_SPEC = dict(corpus_scenes=60, tower_scenes=20, glyph_close_ups=4, vision_steps=2, lm_steps=2, lm_caption_steps=1,
-                 lm_hop_steps=1, lm_position_steps=1, probe_scenes=4)
+                 lm_hop_steps=1, lm_position_steps=1, lm_character_steps=1, probe_scenes=4)
 
 
 def test_building_backbones_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
