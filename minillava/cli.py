@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser("backbones", help="the toy backbones: `minillava backbones build --out DIR`, `show`")
     backbone_commands = p.add_subparsers(dest="backbones_command", required=True)
     p = backbone_commands.add_parser("build", help="build the toy tokenizer, vision tower and LM from a seed",
-                                     description="Pretrains the toy backbones (about 65 min on 2 CPU cores at the "
+                                     description="Pretrains the toy backbones (about 75 min on 2 CPU cores at the "
                                      "default spec), probes them, and writes OUT/vision, OUT/llm and "
                                      "OUT/manifest.json. The shipped build is minillava/toy_backbones.")
     p.add_argument("--out", required=True, help="output folder")
