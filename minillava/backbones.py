@@ -223,8 +223,8 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
     batch is scenes in words followed by their captions (``caption_example``; loss on the caption); the third
     adds multiple choice's second hop (``toyworld.TEXT_LOOKUP_HOP_MIX``); the fourth names each object and its
     place with one new token (``add_position_tokens``), as a patch holds both, and asks where things are; the
-    fifth ends each scene in words with its printed character and asks for it (the plain text then names it
-    too), so that the LM reads a character before any image shows it one.
+    fifth ends each scene in words with its printed character and asks for it (the plain text's captions of
+    conversations name it too), so that the LM reads a character before any image shows it one.
     Without the lookups the LM never learns to find "the square" in its context and read out its colour, and
     LLaVA's stage 2 is far too short to grow that from nothing; without the captions the lookups stay in text
     and never reach the image; with the captions or the hop from the first step, the "is there ...?" lookup
@@ -246,8 +246,8 @@ def pretrain_language_model(tokenizer, texts: Sequence[str], spec: BackboneSpec,
         if positions and steps and not grown:
             add_position_tokens(tokenizer, lm)
             text_ids, grown = tokenize(texts), True  # the new tokens may appear in the plain text too
-        if character:  # the plain text names the characters too; the phase came after the shipped v7 LM, and a
-            # random stream of its own leaves the four phases before it as they were
+        if character and steps:  # the plain text names the characters too; this phase came after the shipped v7
+            # LM, and a random stream of its own leaves the four phases before it as they were
             text_ids = tokenize(language_corpus(spec.corpus_scenes, spec.seed, character=True))
             rng = random.Random(spec.seed + 1)
         step = train_language_model_phase(lm, tokenizer, text_ids, spec, name, steps, caption_share, mix, rng,
@@ -277,7 +277,7 @@ def add_position_tokens(tokenizer, lm) -> None:
 
 def lm_phases(spec: BackboneSpec) -> list[tuple[str, int, float, tuple[str, ...], float, bool]]:
     """The LM's pretraining phases: ``(name, steps, caption share, lookup question mix, share of scenes that
-    tell where their objects are, whether scenes tell their printed character)``; the "+ positions" phase first
+    tell where their objects are, whether scenes tell their printed character)``; the first phase with positions
     grows the vocabulary (``add_position_tokens``)."""
     from .toyworld import TEXT_LOOKUP_CHARACTER_MIX, TEXT_LOOKUP_HOP_MIX, TEXT_LOOKUP_MIX, TEXT_LOOKUP_POSITION_MIX
 
