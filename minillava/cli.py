@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=backbones_show)
 
     p = commands.add_parser("ablate", help="the paper's ablations at toy scale (connector, format prompts, HD)")
-    p.add_argument("--out", default="runs/ablate", help="its runs and report.md")
+    p.add_argument("--out", default="runs/ablate", help="its runs and the report (ablation.md)")
     p.add_argument("--quick", action="store_true", help="one seed, a few steps (minutes)")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3, --quick 1)")
     p.add_argument("--groups", help="comma-separated subset of: connector,format,resolution")
