@@ -50,9 +50,6 @@ class Variant:
     def key(self) -> str:  # variants that train the same model share one run
         return json.dumps([self.connector, self.format_prompts, asdict(self.hd) if self.hd else None])
 
-    def stage1_key(self) -> str:  # variants that share one stage 1 (per seed): the same connector
-        return self.connector
-
 
 BASELINE = Variant("mlp2x_gelu, format prompts, base")
 GROUPS = {
@@ -233,8 +230,8 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
                "world": json.loads((world / "world.json").read_text()),
                "backbones and recipes": toy_fingerprint(vision_dir.parent)}
 
-    def stage1_folder(variant: Variant, seed: int) -> Path:
-        return out / "runs" / f"stage1-{variant.stage1_key()}-seed{seed}"
+    def stage1_folder(variant: Variant, seed: int) -> Path:  # variants with the same connector share it, per seed
+        return out / "runs" / f"stage1-{variant.connector}-seed{seed}"
 
     def stage1_record(connector: str, seed: int) -> dict:  # what a stage-1 run was (its stage1.json)
         return {"stage1": connector, "seed": seed, **made_of}
@@ -255,8 +252,8 @@ def ablate(out: str | Path, budget: Budget | None = None, groups: list[str] | No
     for _, variant, seed, _ in tasks:
         folder = stage1_folder(variant, seed)
         if not (resume and (folder / "stage1.json").exists()
-                and json.loads((folder / "stage1.json").read_text()) == stage1_record(variant.stage1_key(), seed)):
-            stage1s[variant.stage1_key(), seed] = folder
+                and json.loads((folder / "stage1.json").read_text()) == stage1_record(variant.connector, seed)):
+            stage1s[variant.connector, seed] = folder
     jobs = max(1, min(len(tasks), jobs or os.cpu_count() or 1))
     with tqdm(total=len(stage1s) + len(tasks), desc="ablation runs", disable=not progress) as bar:
         stage1_todo = list(stage1s.items())
